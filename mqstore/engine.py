@@ -1,0 +1,470 @@
+"""The engine: one SQLite connection per file per process, group commit, wake-ups, upkeep.
+
+Group commit: every operation (publish, lease, ack, declare ...) is queued; whichever caller
+finds no commit in progress becomes the leader, runs every queued operation in one
+BEGIN IMMEDIATE transaction (each behind a SAVEPOINT so one refusal does not undo the
+others) and commits once. Concurrent callers thus share one fsync. A lone blocking caller
+leads its own batch on its own thread (no hand-off); asyncio callers hand their operations to
+a flush thread so the event loop never waits on fsync.
+
+Durability: a batch that holds a publish or a declare runs with ``synchronous=FULL`` (when
+the connection asked for durability "full"); batches of leases and acks run with NORMAL,
+because losing one to a power cut only redelivers a message (at-least-once), never loses
+one, and WAL frames are synced in order by the next FULL commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import errors, store
+from .types import Clock, SystemClock, boot_id
+
+log = logging.getLogger(__name__)
+
+MIN_SQLITE = (3, 35, 0)
+BUSY_TIMEOUT_MS = 10_000
+UPKEEP_INTERVAL_S = 0.5
+CROSS_PROCESS_POLL_S = 0.005
+
+
+class _Op:
+    __slots__ = ("args", "done", "error", "fn", "future", "kwargs", "loop", "result", "sync")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, sync: bool) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.sync = sync
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.future: asyncio.Future[Any] | None = None
+
+    def finish(self) -> None:
+        self.done = True
+        if self.future is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(_settle, self.future, self.result, self.error)
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _call(tx: store.Txn, op: _Op) -> Any:
+    """Run one operation; a refusal (or a bug) fails that operation only. SQLite errors
+    propagate: they fail the whole batch."""
+    try:
+        return op.fn(tx, *op.args, **op.kwargs)
+    except sqlite3.Error:
+        raise
+    except Exception as exc:
+        op.error = exc
+        return None
+
+
+def process_start_time(pid: int) -> str | None:
+    """The start time of ``pid`` since boot (tells a reused pid apart); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            stat = f.read()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "unknown"
+        return "unknown"
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _map_sqlite_error(exc: sqlite3.Error, path: str) -> errors.StoreError:
+    name = getattr(exc, "sqlite_errorname", "")
+    text = f"{path}: {exc}"
+    if name.startswith("SQLITE_BUSY") or "database is locked" in str(exc):
+        return errors.StoreBusyError(text)
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or "not a database" in str(exc):
+        return errors.StoreCorruptError(text)
+    if name.startswith(("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_READONLY")):
+        return errors.StoreIOError(text + " (outcome unknown)")
+    return errors.StoreError(text)
+
+
+class Engine:
+    """The store of one file in one process. Use :func:`acquire` to share it."""
+
+    def __init__(self, path: str, *, clock: Clock | None = None) -> None:
+        self.path = path
+        self.clock: Clock = clock or SystemClock()
+        self.boot_id = boot_id()
+        self._pid = os.getpid()
+        self._conn = self._connect(path)
+        self._stat = os.stat(path)
+        self._replaced = False
+        self._sync_full: bool | None = None
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[_Op] = []
+        self._leader = False
+        self._closed = False
+        self._kick = threading.Event()
+        self._wakers: set[Callable[[], None]] = set()
+        self._wakers_lock = threading.Lock()
+        self._sessions: dict[int, int] = {}  # live session id -> default lease ms
+        self._stop = threading.Event()
+        self.refs = 0
+        self.run(self._bootstrap)
+        self._flusher = threading.Thread(target=self._flush_loop, name="mqstore-flush", daemon=True)
+        self._flusher.start()
+        self._upkeep = threading.Thread(
+            target=self._upkeep_loop, name="mqstore-upkeep", daemon=True
+        )
+        self._upkeep.start()
+        self._watcher: threading.Thread | None = None
+
+    # --- opening --------------------------------------------------------------------------
+
+    def _connect(self, path: str) -> sqlite3.Connection:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise errors.StoreError(
+                f"mqstore needs SQLite >= 3.35 (RETURNING); this Python has {sqlite3.sqlite_version}"
+            )
+        try:
+            conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+            _set_pragmas(conn)
+            conn.execute("PRAGMA quick_check").fetchone()
+            from . import migrate
+
+            if migrate.current_revision(conn) != migrate.HEAD:
+                migrate.migrate(path)
+        except sqlite3.Error as exc:
+            raise _map_sqlite_error(exc, path) from exc
+        return conn
+
+    def _bootstrap(self, tx: store.Txn) -> None:
+        store.ensure_system_exchanges(tx)
+        if store.get_meta(tx, "boot_id") != self.boot_id:
+            # The host rebooted since the last lease: every holder is dead, every lease void.
+            store.void_all_leases(tx)
+            for session_id, *_ in store.sessions(tx):
+                store.close_session(tx, session_id)
+            store.set_meta(tx, "boot_id", self.boot_id)
+        self._reap(tx)
+
+    # --- group commit ---------------------------------------------------------------------
+
+    def run(self, fn: Callable[..., Any], *args: Any, sync: bool = False, **kwargs: Any) -> Any:
+        """Run ``fn(tx, *args, **kwargs)`` in a write transaction and return its result once
+        committed (``sync=True``: and fsynced)."""
+        self._check_usable()
+        op = _Op(fn, args, kwargs, sync)
+        with self._cond:
+            self._pending.append(op)
+            while self._leader and not op.done:
+                self._cond.wait()
+            if op.done:
+                return op.outcome()
+            self._leader = True
+        self._lead(until=op)
+        return op.outcome()
+
+    async def run_async(
+        self, fn: Callable[..., Any], *args: Any, sync: bool = False, **kwargs: Any
+    ) -> Any:
+        """As :meth:`run`, awaited; the commit happens on the flush thread."""
+        self._check_usable()
+        loop = asyncio.get_running_loop()
+        op = _Op(fn, args, kwargs, sync)
+        op.loop = loop
+        op.future = loop.create_future()
+        with self._cond:
+            self._pending.append(op)
+            if not self._leader:
+                self._kick.set()
+        return await op.future
+
+    def _lead(self, until: _Op | None) -> None:
+        """Commit batches until ``until`` is done (or, for the flush thread, until idle)."""
+        try:
+            while True:
+                with self._cond:
+                    batch, self._pending = self._pending, []
+                if batch:
+                    self._execute(batch)
+                with self._cond:
+                    self._cond.notify_all()
+                    if not self._pending or (until is not None and until.done):
+                        self._leader = False
+                        if self._pending:
+                            self._kick.set()
+                        return
+        except BaseException:
+            with self._cond:
+                self._leader = False
+                self._cond.notify_all()
+            raise
+
+    def _flush_loop(self) -> None:
+        while not self._stop.is_set():
+            self._kick.wait()
+            self._kick.clear()
+            if self._stop.is_set():
+                return
+            with self._cond:
+                while self._leader:
+                    self._cond.wait()
+                if not self._pending:
+                    continue
+                self._leader = True
+            self._lead(until=None)
+
+    def _execute(self, batch: list[_Op]) -> None:
+        conn = self._conn
+        tx = store.Txn(conn, self.clock.now_ms(), self.clock.wall_ms())
+        sync_full = any(op.sync for op in batch)
+        try:
+            if sync_full:
+                self._check_replaced()
+            if sync_full != self._sync_full:
+                conn.execute(
+                    "PRAGMA synchronous=FULL" if sync_full else "PRAGMA synchronous=NORMAL"
+                )
+                self._sync_full = sync_full
+            conn.execute("BEGIN IMMEDIATE")
+            if len(batch) == 1:
+                # A lone operation that fails is rolled back whole, no savepoint needed.
+                op = batch[0]
+                op.result = _call(tx, op)
+                conn.execute("ROLLBACK" if op.error is not None else "COMMIT")
+            else:
+                for op in batch:
+                    conn.execute("SAVEPOINT op")
+                    op.result = _call(tx, op)
+                    if op.error is not None:
+                        conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                conn.execute("COMMIT")
+        except errors.StoreReplacedError as exc:
+            for op in batch:
+                op.error = exc
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            mapped = _map_sqlite_error(exc, self.path)
+            for op in batch:
+                op.error = mapped
+                op.result = None
+            tx.touched.clear()
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            for op in batch:
+                op.finish()
+        if tx.touched or tx.queues_deleted:
+            self.notify()
+
+    def _check_usable(self) -> None:
+        if os.getpid() != self._pid:
+            raise errors.UsedAfterForkError(
+                f"{self.path}: this mqstore connection was opened in process {self._pid} and "
+                "cannot be used after fork(); open a new one in the child"
+            )
+        if self._closed:
+            raise errors.ConnectionWrongStateError("the store is closed")
+
+    def _check_replaced(self) -> None:
+        if not self._replaced:
+            try:
+                st = os.stat(self.path)
+                self._replaced = (st.st_dev, st.st_ino) != (self._stat.st_dev, self._stat.st_ino)
+            except FileNotFoundError:
+                self._replaced = True
+        if self._replaced:
+            raise errors.StoreReplacedError(
+                f"{self.path}: the database file was deleted or replaced while open; "
+                "writes stop here so they are not lost in an orphaned file"
+            )
+
+    # --- wake-ups -------------------------------------------------------------------------
+
+    def add_waker(self, waker: Callable[[], None]) -> None:
+        """Call ``waker`` (from any thread) whenever messages may have become deliverable."""
+        with self._wakers_lock:
+            self._wakers.add(waker)
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch_loop, name="mqstore-watch", daemon=True
+                )
+                self._watcher.start()
+
+    def remove_waker(self, waker: Callable[[], None]) -> None:
+        with self._wakers_lock:
+            self._wakers.discard(waker)
+
+    def notify(self) -> None:
+        with self._wakers_lock:
+            wakers = list(self._wakers)
+        for waker in wakers:
+            waker()
+
+    def _watch_loop(self) -> None:
+        """Notice commits by other processes: PRAGMA data_version changes when any other
+        connection commits. Polled only while someone waits."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            last = conn.execute("PRAGMA data_version").fetchone()[0]
+            while not self._stop.wait(CROSS_PROCESS_POLL_S if self._wakers else 0.1):
+                if not self._wakers:
+                    continue
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != last:
+                    last = version
+                    self.notify()
+        except sqlite3.Error:
+            log.exception("mqstore watcher stopped", extra={"action": "watch_failed"})
+        finally:
+            conn.close()
+
+    # --- sessions and upkeep --------------------------------------------------------------
+
+    def open_session(self, name: str | None, default_visibility_ms: int) -> int:
+        pid = os.getpid()
+        start = process_start_time(pid) or "unknown"
+        session = self.run(store.open_session, pid, start, self.boot_id, name)
+        self._sessions[session] = default_visibility_ms
+        return int(session)
+
+    def close_session(self, session: int) -> None:
+        self._sessions.pop(session, None)
+        self.run(store.close_session, session)
+
+    def _reap(self, tx: store.Txn) -> None:
+        """Close sessions whose process is dead (or from another boot)."""
+        for session_id, pid, start, boot in store.sessions(tx):
+            if session_id in self._sessions:
+                continue
+            alive = boot == self.boot_id and process_start_time(pid) in (start, "unknown")
+            if not alive:
+                log.info(
+                    "reclaiming session %s of dead process %s",
+                    session_id,
+                    pid,
+                    extra={"action": "reap_session"},
+                )
+                store.close_session(tx, session_id)
+
+    def _upkeep_step(self, tx: store.Txn) -> None:
+        store.renew(tx, dict(self._sessions))
+        store.requeue_expired(tx)
+        self._reap(tx)
+
+    def upkeep(self) -> None:
+        """Heartbeat, renew own leases, requeue expired ones, reclaim dead processes'."""
+        self.run(self._upkeep_step)
+
+    def _upkeep_loop(self) -> None:
+        while not self._stop.wait(UPKEEP_INTERVAL_S):
+            try:
+                self.upkeep()
+            except errors.MqstoreError as exc:
+                log.warning("mqstore upkeep failed: %s", exc, extra={"action": "upkeep_failed"})
+
+    # --- closing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed or os.getpid() != self._pid:
+            return
+        self._stop.set()
+        self._kick.set()
+        for thread in (self._flusher, self._upkeep, self._watcher):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=5)
+        with self._cond:
+            while self._leader:
+                self._cond.wait()
+            self._closed = True
+        self._conn.close()
+
+
+def _set_pragmas(conn: sqlite3.Connection) -> None:
+    """The one place pragmas are set.
+
+    - journal_mode=WAL: readers never block the writer; commits append to the WAL.
+    - synchronous: FULL for batches holding publishes (fsync before a publish returns),
+      NORMAL otherwise; see the module docstring. Set per batch in Engine._execute.
+    - foreign_keys=ON: deleting a queue cascades to its entries, bindings and consumers.
+    - busy_timeout: writers wait (bounded) for another process's write lock.
+    - journal_size_limit: the WAL file is truncated back to 64 MiB after checkpoints.
+    """
+    for _ in range(50):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_size_limit=67108864")
+
+
+class _Registry:
+    """Engines shared by every connection to one file in this process, so their operations
+    share group commits. Reset in a forked child: the parent's engines must not be used."""
+
+    def __init__(self) -> None:
+        self._engines: dict[tuple[str, int], Engine] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, path: str, clock: Clock | None = None) -> Engine:
+        real = os.path.realpath(path)
+        key = (real, id(clock))
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = Engine(real, clock=clock)
+                self._engines[key] = engine
+            engine.refs += 1
+            return engine
+
+    def release(self, engine: Engine) -> None:
+        with self._lock:
+            engine.refs -= 1
+            if engine.refs > 0:
+                return
+            for key, value in list(self._engines.items()):
+                if value is engine:
+                    del self._engines[key]
+        engine.close()
+
+    def forget_all(self) -> None:
+        self._engines = {}
+        self._lock = threading.Lock()
+
+
+_registry = _Registry()
+os.register_at_fork(after_in_child=_registry.forget_all)
+acquire = _registry.acquire
+release = _registry.release

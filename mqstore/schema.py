@@ -1,0 +1,188 @@
+"""The tables of an mqstore file, as SQLAlchemy Core metadata (DDL only, no queries).
+
+Every table is prefixed ``mq_`` so a broker can live beside an application's own tables in one
+file (the outbox pattern). Alembic migrations in ``mqstore/migrations`` are generated from
+this module; a test asserts that the migrations at head equal it.
+
+A published message is stored once in ``mq_messages``; each queue it was routed to gets a
+row in ``mq_entries`` pointing at it. The trigger ``mq_entries_release_message`` deletes the
+message when its last entry goes, so a fanout to ten queues keeps one copy of the body.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    DDL,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+    text,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# Key/value facts about the file: the boot id leases were taken under, and so on.
+meta = Table(
+    "mq_meta",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Monotonic counters (unroutable messages dropped, ...), shared by every process.
+counters = Table(
+    "mq_counters",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("value", Integer, nullable=False, server_default=text("0")),
+)
+
+exchanges = Table(
+    "mq_exchanges",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("type", String, nullable=False),
+    Column("durable", Boolean, nullable=False),
+    Column("auto_delete", Boolean, nullable=False),
+    Column("internal", Boolean, nullable=False),
+    Column("arguments", Text, nullable=True),
+    Column("created_at_ms", Integer, nullable=False),
+)
+
+# One row per live connection: its process, how to tell a reused pid apart, its heartbeat.
+sessions = Table(
+    "mq_sessions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("process_start", String, nullable=False),
+    Column("boot_id", String, nullable=False),
+    Column("heartbeat_at_ms", Integer, nullable=False),
+    Column("created_at_ms", Integer, nullable=False),
+    Column("name", String, nullable=True),
+)
+
+queues = Table(
+    "mq_queues",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String, nullable=False, unique=True),
+    Column("durable", Boolean, nullable=False),
+    Column("exclusive_owner", Integer, ForeignKey("mq_sessions.id"), nullable=True),
+    Column("auto_delete", Boolean, nullable=False),
+    Column("arguments", Text, nullable=True),
+    # NULL: leases last the leasing connection's default visibility timeout.
+    Column("visibility_timeout_ms", Integer, nullable=True),
+    Column("consumer_timeout_ms", Integer, nullable=False),
+    Column("max_priority", Integer, nullable=True),
+    Column("created_at_ms", Integer, nullable=False),
+)
+
+bindings = Table(
+    "mq_bindings",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "exchange",
+        String,
+        ForeignKey("mq_exchanges.name", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("queue_id", Integer, ForeignKey("mq_queues.id", ondelete="CASCADE"), nullable=False),
+    Column("routing_key", String, nullable=False),
+    # Encoded with codec.encode_table; '' when there are no arguments, so it can be unique.
+    Column("arguments", Text, nullable=False, server_default=text("''")),
+    UniqueConstraint("exchange", "queue_id", "routing_key", "arguments"),
+)
+Index("ix_mq_bindings_exchange_routing_key", bindings.c.exchange, bindings.c.routing_key)
+Index("ix_mq_bindings_queue_id", bindings.c.queue_id)
+
+consumers = Table(
+    "mq_consumers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("session_id", Integer, ForeignKey("mq_sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("queue_id", Integer, ForeignKey("mq_queues.id", ondelete="CASCADE"), nullable=False),
+    Column("tag", String, nullable=False),
+    Column("exclusive", Boolean, nullable=False),
+)
+Index("ix_mq_consumers_queue_id", consumers.c.queue_id)
+Index("ix_mq_consumers_session_id", consumers.c.session_id)
+
+messages = Table(
+    "mq_messages",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("exchange", String, nullable=False),
+    Column("routing_key", String, nullable=False),
+    # codec.encode_properties text; NULL when the message has no properties.
+    Column("properties", Text, nullable=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("published_at_ms", Integer, nullable=False),
+)
+
+# A message's place in one queue. The id orders the queue (FIFO within a priority); a
+# requeue clears the lease and keeps the id, so the message keeps its place.
+entries = Table(
+    "mq_entries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("queue_id", Integer, ForeignKey("mq_queues.id", ondelete="CASCADE"), nullable=False),
+    Column("message_id", Integer, nullable=False),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("delivery_count", Integer, nullable=False, server_default=text("0")),
+    # Fencing token of the current lease; NULL means ready for delivery.
+    Column("lease_token", Integer, nullable=True),
+    Column("lease_owner", Integer, nullable=True),
+    Column("leased_at_ms", Integer, nullable=True),
+    Column("lease_expires_at_ms", Integer, nullable=True),
+)
+# The head of each queue: ready entries in delivery order. Leasing reads only this index.
+Index(
+    "ix_mq_entries_ready",
+    entries.c.queue_id,
+    entries.c.priority.desc(),
+    entries.c.id,
+    sqlite_where=entries.c.lease_token.is_(None),
+)
+# Leases by deadline, for the expiry sweep.
+Index(
+    "ix_mq_entries_lease_expiry",
+    entries.c.lease_expires_at_ms,
+    sqlite_where=entries.c.lease_token.is_not(None),
+)
+# Leases by owner, to release a closed or dead connection's deliveries at once.
+Index(
+    "ix_mq_entries_lease_owner",
+    entries.c.lease_owner,
+    sqlite_where=entries.c.lease_token.is_not(None),
+)
+# All entries of a queue (counts, purge, delete) and of a message (the release trigger).
+Index("ix_mq_entries_queue_id", entries.c.queue_id)
+Index("ix_mq_entries_message_id", entries.c.message_id)
+
+RELEASE_MESSAGE_TRIGGER = """\
+CREATE TRIGGER IF NOT EXISTS mq_entries_release_message
+AFTER DELETE ON mq_entries
+WHEN NOT EXISTS (SELECT 1 FROM mq_entries WHERE message_id = OLD.message_id)
+BEGIN
+    DELETE FROM mq_messages WHERE id = OLD.message_id;
+END"""
+
+event.listen(entries, "after_create", DDL(RELEASE_MESSAGE_TRIGGER))

@@ -1,0 +1,510 @@
+"""Channel state with no I/O: delivery tags, prefetch, consumers, and what each call stores.
+
+Each channel operation is a generator that yields :class:`Call` objects (a store operation to
+run in a transaction) and receives their results. The blocking facade drives it with
+``Engine.run`` and the asyncio facade with ``await Engine.run_async``; both share every rule
+here, so neither re-implements routing, leasing or bookkeeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import codec, core, errors, store
+from .types import (
+    BasicProperties,
+    BasicQosOk,
+    Deliver,
+    ExchangeDeclareOk,
+    ExchangeDeleteOk,
+    GetOk,
+    LeasedMessage,
+    Method,
+    QueueBindOk,
+    QueueDeleteOk,
+    QueuePurgeOk,
+    QueueUnbindOk,
+    Return,
+    ReturnedMessage,
+)
+
+FETCH_LIMIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A store operation for the engine to run: ``fn(tx, *args, **kwargs)``."""
+
+    fn: Any
+    args: tuple = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    sync: bool = False
+
+
+Steps = Generator[Call, Any, Any]
+
+
+@dataclass(slots=True)
+class Unacked:
+    entry_id: int
+    token: int
+    consumer_tag: str | None
+
+
+@dataclass(slots=True)
+class Consumer:
+    tag: str
+    queue: str
+    auto_ack: bool
+    exclusive: bool
+    prefetch: int
+    callback: Any
+    row_id: int = 0
+    unacked: int = 0
+
+
+@dataclass(slots=True)
+class ConnectionSettings:
+    """Per-connection choices: durability of publishes and the default lease length."""
+
+    durability: str = "full"
+    visibility_timeout_ms: int = core.DEFAULT_VISIBILITY_TIMEOUT_MS
+    max_message_size: int = core.DEFAULT_MAX_MESSAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if self.durability not in ("full", "normal"):
+            raise ValueError(f"durability must be 'full' or 'normal', not {self.durability!r}")
+        if self.visibility_timeout_ms <= 0:
+            raise ValueError("visibility_timeout_ms must be positive")
+
+
+class ChannelState:
+    """One channel's bookkeeping; its generator methods mirror pika's channel methods."""
+
+    def __init__(self, number: int, session: int, settings: ConnectionSettings) -> None:
+        self.number = number
+        self.session = session
+        self.settings = settings
+        self.is_open = True
+        self.close_reason: errors.ChannelClosed | None = None
+        self.unacked: dict[int, Unacked] = {}
+        self.consumers: dict[str, Consumer] = {}
+        self.broker_cancelled: list[Consumer] = []
+        self.prefetch_count = 0
+        self.global_prefetch = 0
+        self._tags = itertools.count(1)
+        self._consumer_counter = itertools.count(1)
+        self._round = 0
+
+    @property
+    def _durable_sync(self) -> bool:
+        return self.settings.durability == "full"
+
+    def check_open(self) -> None:
+        if not self.is_open:
+            reason = f": {self.close_reason}" if self.close_reason else ""
+            raise errors.ChannelWrongStateError(f"Channel {self.number} is closed{reason}")
+
+    # --- exchanges and queues -------------------------------------------------------------
+
+    def exchange_declare(
+        self,
+        exchange: str,
+        exchange_type: Any = "direct",
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Steps:
+        self.check_open()
+        kind = core.check_exchange_type(exchange_type)
+        name = core.check_name("exchange", exchange, allow_reserved=passive)
+        yield Call(
+            store.exchange_declare,
+            (name, kind),
+            dict(
+                passive=passive,
+                durable=durable,
+                auto_delete=auto_delete,
+                internal=internal,
+                arguments=arguments,
+            ),
+            sync=self._durable_sync,
+        )
+        return Method(self.number, ExchangeDeclareOk())
+
+    def exchange_delete(self, exchange: str | None = None, if_unused: bool = False) -> Steps:
+        self.check_open()
+        name = core.check_name("exchange", exchange or "", allow_reserved=True)
+        yield Call(store.exchange_delete, (name,), dict(if_unused=if_unused))
+        return Method(self.number, ExchangeDeleteOk())
+
+    def queue_declare(
+        self,
+        queue: str,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Steps:
+        self.check_open()
+        name = core.check_name("queue", queue, allow_reserved=passive)
+        result = yield Call(
+            store.queue_declare,
+            (self.session, name),
+            dict(
+                passive=passive,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=arguments,
+            ),
+            sync=self._durable_sync,
+        )
+        return Method(self.number, result)
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False) -> Steps:
+        self.check_open()
+        name = core.check_name("queue", queue, allow_reserved=True)
+        count = yield Call(
+            store.queue_delete,
+            (self.session, name),
+            dict(if_unused=if_unused, if_empty=if_empty),
+        )
+        return Method(self.number, QueueDeleteOk(count))
+
+    def queue_purge(self, queue: str) -> Steps:
+        self.check_open()
+        name = core.check_name("queue", queue, allow_reserved=True)
+        count = yield Call(store.queue_purge, (self.session, name))
+        return Method(self.number, QueuePurgeOk(count))
+
+    def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Steps:
+        self.check_open()
+        qname = core.check_name("queue", queue, allow_reserved=True)
+        xname = core.check_name("exchange", exchange, allow_reserved=True)
+        key = core.check_routing_key(qname if routing_key is None else routing_key)
+        yield Call(
+            store.queue_bind, (self.session, qname, xname, key, arguments), sync=self._durable_sync
+        )
+        return Method(self.number, QueueBindOk())
+
+    def queue_unbind(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Steps:
+        self.check_open()
+        qname = core.check_name("queue", queue, allow_reserved=True)
+        xname = core.check_name("exchange", exchange or "", allow_reserved=True)
+        key = core.check_routing_key(qname if routing_key is None else routing_key)
+        yield Call(store.queue_unbind, (self.session, qname, xname, key, arguments))
+        return Method(self.number, QueueUnbindOk())
+
+    # --- publishing -----------------------------------------------------------------------
+
+    def basic_publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Any,
+        properties: BasicProperties | None = None,
+        mandatory: bool = False,
+    ) -> Steps:
+        """Store one message; returns a ReturnedMessage when mandatory and unroutable."""
+        self.check_open()
+        data = core.coerce_body(body)
+        xname = core.check_name("exchange", exchange, allow_reserved=True)
+        key = core.check_routing_key(routing_key)
+        if len(data) > self.settings.max_message_size:
+            raise errors.MessageTooLargeError(
+                f"PRECONDITION_FAILED - message size {len(data)} is larger than configured "
+                f"max size {self.settings.max_message_size}"
+            )
+        fields = properties.fields() if properties is not None else {}
+        core.check_expiration(fields.get("expiration"))
+        encoded = codec.encode_properties(fields) if fields else None
+        routed = yield Call(
+            store.publish,
+            (xname, key, data, encoded, fields.get("priority") or 0, fields.get("headers")),
+            sync=self._durable_sync,
+        )
+        if routed or not mandatory:
+            return None
+        method = Return(312, "NO_ROUTE", xname, key)
+        return ReturnedMessage(method, properties or BasicProperties(), data)
+
+    # --- consuming ------------------------------------------------------------------------
+
+    def basic_qos(
+        self, prefetch_size: int = 0, prefetch_count: int = 0, global_qos: bool = False
+    ) -> Steps:
+        self.check_open()
+        count = core.check_prefetch(prefetch_count, prefetch_size)
+        if global_qos:
+            self.global_prefetch = count
+        else:
+            self.prefetch_count = count
+        return Method(self.number, BasicQosOk())
+        yield  # a generator like the others, though it stores nothing
+
+    def basic_get(self, queue: str, auto_ack: bool = False) -> Steps:
+        self.check_open()
+        name = core.check_name("queue", queue, allow_reserved=True)
+        request = store.LeaseRequest(
+            name, 1, auto_ack, self.settings.visibility_timeout_ms, with_count=True
+        )
+        leased = yield Call(store.get, (self.session, request))
+        if not leased:
+            return None, None, None
+        message = leased[0]
+        tag = self._track(message, None, auto_ack)
+        method = GetOk(
+            tag,
+            message.delivery_count > 1,
+            message.exchange,
+            message.routing_key,
+            message.message_count,
+            message.delivery_count,
+        )
+        return method, _properties(message), message.body
+
+    def basic_consume(
+        self,
+        queue: str,
+        callback: Any,
+        auto_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Steps:
+        self.check_open()
+        name = core.check_name("queue", queue, allow_reserved=True)
+        tag = consumer_tag or core.new_consumer_tag(self.number, next(self._consumer_counter))
+        if tag in self.consumers:
+            raise errors.DuplicateConsumerTag(tag)
+        row_id = yield Call(
+            store.add_consumer, (self.session, name, tag), dict(exclusive=exclusive)
+        )
+        self.consumers[tag] = Consumer(
+            tag, name, auto_ack, exclusive, self.prefetch_count, callback, row_id
+        )
+        return tag
+
+    def basic_cancel(self, consumer_tag: str) -> Steps:
+        """Stop a consumer; its unacked deliveries stay on the channel (as in AMQP)."""
+        self.check_open()
+        consumer = self.consumers.pop(consumer_tag, None)
+        if consumer is not None:
+            yield Call(store.remove_consumer, (consumer.row_id,))
+        return consumer
+
+    def fetch(self) -> Steps:
+        """Lease what every consumer of this channel has room for, in one transaction;
+        returns ``(consumer, Deliver, BasicProperties, body)`` tuples to dispatch."""
+        if not self.is_open or not self.consumers:
+            return []
+        consumers = list(self.consumers.values())
+        start = self._round % len(consumers)
+        self._round += 1
+        consumers = consumers[start:] + consumers[:start]
+        budget = self.global_prefetch - len(self.unacked) if self.global_prefetch else None
+        plan: list[tuple[Consumer, store.LeaseRequest]] = []
+        for consumer in consumers:
+            room = FETCH_LIMIT
+            if not consumer.auto_ack:
+                if consumer.prefetch:
+                    room = min(room, consumer.prefetch - consumer.unacked)
+                if budget is not None:
+                    room = min(room, budget)
+                    budget -= max(room, 0)
+            if room > 0:
+                vt = self.settings.visibility_timeout_ms
+                plan.append(
+                    (consumer, store.LeaseRequest(consumer.queue, room, consumer.auto_ack, vt))
+                )
+        if not plan:
+            return []
+        results = yield Call(store.lease, (self.session, [request for _, request in plan]))
+        deliveries = []
+        for (consumer, _), leased in zip(plan, results, strict=True):
+            if leased is None:
+                # The queue was deleted: the broker cancels the consumer.
+                self.consumers.pop(consumer.tag, None)
+                self.broker_cancelled.append(consumer)
+                continue
+            for message in leased:
+                tag = self._track(message, consumer, consumer.auto_ack)
+                method = Deliver(
+                    consumer.tag,
+                    tag,
+                    message.delivery_count > 1,
+                    message.exchange,
+                    message.routing_key,
+                    message.delivery_count,
+                )
+                deliveries.append((consumer, method, _properties(message), message.body))
+        return deliveries
+
+    def _track(self, message: LeasedMessage, consumer: Consumer | None, auto_ack: bool) -> int:
+        tag = next(self._tags)
+        if not auto_ack:
+            self.unacked[tag] = Unacked(
+                message.entry_id, message.token, consumer.tag if consumer else None
+            )
+            if consumer is not None:
+                consumer.unacked += 1
+        return tag
+
+    # --- acknowledgements -----------------------------------------------------------------
+
+    def _take(self, delivery_tag: int, multiple: bool) -> list[tuple[int, Unacked]]:
+        """Remove and return the deliveries an ack/nack names; 406 for an unknown tag."""
+        if isinstance(delivery_tag, bool) or not isinstance(delivery_tag, int):
+            raise TypeError(f"delivery_tag must be int, not {type(delivery_tag).__name__}")
+        if multiple:
+            tags = [t for t in self.unacked if delivery_tag == 0 or t <= delivery_tag]
+            if delivery_tag and delivery_tag not in self.unacked and not tags:
+                raise core.unknown_delivery_tag(delivery_tag)
+        else:
+            if delivery_tag not in self.unacked:
+                raise core.unknown_delivery_tag(delivery_tag)
+            tags = [delivery_tag]
+        taken = [(t, self.unacked.pop(t)) for t in tags]
+        for _, item in taken:
+            consumer = self.consumers.get(item.consumer_tag or "")
+            if consumer is not None:
+                consumer.unacked -= 1
+        return taken
+
+    def _settle(self, taken: list[tuple[int, Unacked]], *, ack: bool, requeue: bool) -> Steps:
+        if not taken:
+            return None
+        pairs = [(u.entry_id, u.token) for _, u in taken]
+        if ack:
+            stale = yield Call(store.ack, (pairs,))
+        else:
+            stale = yield Call(store.release, (pairs,), dict(requeue=requeue))
+        if stale:
+            lost = sorted(t for t, u in taken if (u.entry_id, u.token) in set(stale))
+            raise errors.LeaseLostError(
+                f"PRECONDITION_FAILED - delivery tag {lost[0]} lease lost: the delivery "
+                "outlived its lease and may have been redelivered; "
+                f"{'ack' if ack else 'nack'} refused"
+            )
+        return None
+
+    def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> Steps:
+        self.check_open()
+        return (
+            yield from self._settle(self._take(delivery_tag, multiple), ack=True, requeue=False)
+        )
+
+    def basic_nack(
+        self, delivery_tag: int = 0, multiple: bool = False, requeue: bool = True
+    ) -> Steps:
+        self.check_open()
+        taken = self._take(delivery_tag, multiple)
+        return (yield from self._settle(taken, ack=False, requeue=requeue))
+
+    def basic_reject(self, delivery_tag: int, requeue: bool = True) -> Steps:
+        self.check_open()
+        taken = self._take(delivery_tag, False)
+        return (yield from self._settle(taken, ack=False, requeue=requeue))
+
+    def basic_recover(self, requeue: bool = True) -> Steps:
+        """Requeue every unacknowledged delivery of this channel."""
+        self.check_open()
+        taken = self._take(0, True)
+        if taken:
+            yield Call(
+                store.release, ([(u.entry_id, u.token) for _, u in taken],), dict(requeue=True)
+            )
+        return None
+
+    def requeue_unacked(self) -> Steps:
+        taken = self._take(0, True)
+        if taken:
+            yield Call(
+                store.release, ([(u.entry_id, u.token) for _, u in taken],), dict(requeue=True)
+            )
+        return len(taken)
+
+    # --- closing --------------------------------------------------------------------------
+
+    def close(self, reason: errors.ChannelClosed | None = None) -> Steps:
+        """Close the channel: requeue its unacked deliveries and drop its consumers."""
+        if not self.is_open:
+            return None
+        self.is_open = False
+        self.close_reason = reason
+        taken = self._take(0, True)
+        consumers = list(self.consumers.values())
+        self.consumers.clear()
+        if taken or consumers:
+            yield Call(
+                _close_channel,
+                ([(u.entry_id, u.token) for _, u in taken], [c.row_id for c in consumers]),
+            )
+        return None
+
+
+def _close_channel(tx: store.Txn, leases: list[tuple[int, int]], consumer_ids: list[int]) -> None:
+    store.release(tx, leases, requeue=True)
+    for consumer_id in consumer_ids:
+        store.remove_consumer(tx, consumer_id)
+
+
+def _properties(message: LeasedMessage) -> BasicProperties:
+    fields = message.properties
+    if message.delivery_count > 1:
+        # As RabbitMQ quorum queues: the number of earlier deliveries, absent on the first.
+        headers = dict(fields.get("headers") or {})
+        headers["x-delivery-count"] = message.delivery_count - 1
+        fields = {**fields, "headers": headers}
+    return BasicProperties.from_fields(fields)
+
+
+def drive(steps: Steps, run: Any) -> Any:
+    """Run a channel operation to completion with a blocking ``run(fn, *args, sync, **kw)``."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            call = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            value = run(call.fn, *call.args, sync=call.sync, **call.kwargs)
+        except errors.MqstoreError as exc:
+            error = exc
+
+
+async def drive_async(steps: Steps, run_async: Any) -> Any:
+    """As :func:`drive`, awaiting each store operation."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            call = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            value = await run_async(call.fn, *call.args, sync=call.sync, **call.kwargs)
+        except errors.MqstoreError as exc:
+            error = exc
