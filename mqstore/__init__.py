@@ -3,6 +3,7 @@ in one SQLite file, with a pika-shaped blocking API and an asyncio API."""
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import aio
 from . import errors as exceptions
 from . import types as spec
 from .blocking import BlockingChannel, BlockingConnection, ConnectionParameters, URLParameters
@@ -74,6 +75,7 @@ __all__ = [
     "UnroutableError",
     "UsedAfterForkError",
     "__version__",
+    "aio",
     "exceptions",
     "spec",
 ]

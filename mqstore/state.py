@@ -9,7 +9,7 @@ here, so neither re-implements routing, leasing or bookkeeping.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Generator, Mapping
+from collections.abc import Collection, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,9 +312,9 @@ class ChannelState:
             yield Call(store.remove_consumer, (consumer.row_id,))
         return consumer
 
-    def fetch(self) -> Steps:
-        """Lease what every consumer of this channel has room for, in one transaction;
-        returns ``(consumer, Deliver, BasicProperties, body)`` tuples to dispatch."""
+    def fetch(self, skip: Collection[str] = ()) -> Steps:
+        """Lease what every consumer of this channel (but those in ``skip``) has room for,
+        in one transaction; returns ``(consumer, Deliver, BasicProperties, body)`` tuples."""
         if not self.is_open or not self.consumers:
             return []
         consumers = list(self.consumers.values())
@@ -324,10 +324,15 @@ class ChannelState:
         budget = self.global_prefetch - len(self.unacked) if self.global_prefetch else None
         plan: list[tuple[Consumer, store.LeaseRequest]] = []
         for consumer in consumers:
+            if consumer.tag in skip:
+                continue
             room = FETCH_LIMIT
             if not consumer.auto_ack:
                 if consumer.prefetch:
                     room = min(room, consumer.prefetch - consumer.unacked)
+                    # Refill at half-empty, so a steady consumer leases in batches.
+                    if consumer.unacked and room < (consumer.prefetch + 1) // 2:
+                        continue
                 if budget is not None:
                     room = min(room, budget)
                     budget -= max(room, 0)

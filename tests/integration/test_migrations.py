@@ -47,7 +47,9 @@ def _schema(path: Path) -> list[tuple[str, str, str, str | None]]:
         ).fetchall()
     finally:
         conn.close()
-    return sorted((t, n, tbl, None if sql is None else " ".join(sql.split())) for t, n, tbl, sql in rows)
+    return sorted(
+        (t, n, tbl, None if sql is None else " ".join(sql.split())) for t, n, tbl, sql in rows
+    )
 
 
 def _create_all_schema(tmp_path: Path) -> list[tuple[str, str, str, str | None]]:
@@ -252,9 +254,7 @@ def test_unknown_revision_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "from-the-future.db"
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.execute(
-            f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"
-        )
+        conn.execute(f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
         conn.execute(f"INSERT INTO {VERSION_TABLE} VALUES ('9999')")
     finally:
         conn.close()
@@ -317,12 +317,17 @@ def test_script_location_is_inside_the_package() -> None:
 
 
 def test_migrate_from_installed_copy_in_another_cwd(tmp_path: Path) -> None:
-    # Lay the package out as a wheel would (only the files pyproject ships), somewhere else,
-    # and migrate with the working directory elsewhere again: nothing may resolve via cwd.
+    # Lay the package out as a wheel would, somewhere else: its Python modules, plus only the
+    # migration files pyproject's package-data globs ship. Then migrate with the working
+    # directory elsewhere again: nothing may resolve through the checkout or the cwd.
     site = tmp_path / "site"
     dest = site / "mqstore"
-    for pattern in ("*.py", "py.typed", "migrations/*.py", "migrations/versions/*.py",
-                    "migrations/*.mako"):
+    shutil.copytree(
+        PACKAGE_DIR,
+        dest,
+        ignore=shutil.ignore_patterns("__pycache__", "migrations", "*.pyc"),
+    )
+    for pattern in ("migrations/*.py", "migrations/versions/*.py", "migrations/*.mako"):
         for src in PACKAGE_DIR.glob(pattern):
             target = dest / src.relative_to(PACKAGE_DIR)
             target.parent.mkdir(parents=True, exist_ok=True)
