@@ -108,9 +108,9 @@ bindings = Table(
     Column("routing_key", String, nullable=False),
     # Encoded with codec.encode_table; '' when there are no arguments, so it can be unique.
     Column("arguments", Text, nullable=False, server_default=text("''")),
-    UniqueConstraint("exchange", "queue_id", "routing_key", "arguments"),
+    # Also the routing index: a direct publish seeks (exchange, routing_key).
+    UniqueConstraint("exchange", "routing_key", "queue_id", "arguments"),
 )
-Index("ix_mq_bindings_exchange_routing_key", bindings.c.exchange, bindings.c.routing_key)
 Index("ix_mq_bindings_queue_id", bindings.c.queue_id)
 
 consumers = Table(

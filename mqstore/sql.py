@@ -33,9 +33,15 @@ INSERT_QUEUE = (
 )
 DELETE_QUEUE = "DELETE FROM mq_queues WHERE id = ?"
 # Ready messages (RabbitMQ's message_count excludes unacked ones): ix_mq_entries_ready.
-COUNT_READY = "SELECT count(*) FROM mq_entries WHERE queue_id = ? AND lease_token IS NULL"
+COUNT_READY = (
+    "SELECT count(*) FROM mq_entries INDEXED BY ix_mq_entries_ready "
+    "WHERE queue_id = ? AND lease_token IS NULL"
+)
 COUNT_CONSUMERS = "SELECT count(*) FROM mq_consumers WHERE queue_id = ?"
-PURGE_READY = "DELETE FROM mq_entries WHERE queue_id = ? AND lease_token IS NULL"
+PURGE_READY = (
+    "DELETE FROM mq_entries INDEXED BY ix_mq_entries_ready "
+    "WHERE queue_id = ? AND lease_token IS NULL"
+)
 SELECT_QUEUE_EXCHANGES = "SELECT DISTINCT exchange FROM mq_bindings WHERE queue_id = ?"
 SELECT_EXCLUSIVE_QUEUES = "SELECT id FROM mq_queues WHERE exclusive_owner = ?"
 
@@ -52,7 +58,7 @@ DELETE_BINDING = (
 # --- routing (publish) --------------------------------------------------------------------
 # Default exchange: the queue named by the routing key (sqlite_autoindex on name).
 ROUTE_DEFAULT = "SELECT id, max_priority FROM mq_queues WHERE name = ?"
-# Direct: bindings with exactly this key (ix_mq_bindings_exchange_routing_key).
+# Direct: bindings with exactly this key (the unique index on exchange, routing_key, ...).
 ROUTE_DIRECT = (
     "SELECT DISTINCT b.queue_id, q.max_priority FROM mq_bindings b "
     "JOIN mq_queues q ON q.id = b.queue_id WHERE b.exchange = ? AND b.routing_key = ?"
@@ -72,7 +78,7 @@ INSERT_ENTRY = "INSERT INTO mq_entries (queue_id, message_id, priority) VALUES (
 # The head of a queue: ready entries in priority then FIFO order (ix_mq_entries_ready).
 SELECT_READY = (
     "SELECT e.id, e.delivery_count, m.exchange, m.routing_key, m.properties, m.body "
-    "FROM mq_entries e JOIN mq_messages m ON m.id = e.message_id "
+    "FROM mq_entries e INDEXED BY ix_mq_entries_ready JOIN mq_messages m ON m.id = e.message_id "
     "WHERE e.queue_id = ? AND e.lease_token IS NULL ORDER BY e.priority DESC, e.id LIMIT ?"
 )
 LEASE_ENTRIES = (

@@ -108,10 +108,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_mq_bindings")),
         sa.UniqueConstraint(
             "exchange",
-            "queue_id",
             "routing_key",
+            "queue_id",
             "arguments",
-            name=op.f("uq_mq_bindings_exchange_queue_id_routing_key_arguments"),
+            name=op.f("uq_mq_bindings_exchange_routing_key_queue_id_arguments"),
         ),
         sa.ForeignKeyConstraint(
             ["exchange"],
@@ -125,9 +125,6 @@ def upgrade() -> None:
             name=op.f("fk_mq_bindings_queue_id_mq_queues"),
             ondelete="CASCADE",
         ),
-    )
-    op.create_index(
-        op.f("ix_mq_bindings_exchange_routing_key"), "mq_bindings", ["exchange", "routing_key"]
     )
     op.create_index(op.f("ix_mq_bindings_queue_id"), "mq_bindings", ["queue_id"])
     op.create_table(
@@ -211,7 +208,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_mq_consumers_queue_id"), table_name="mq_consumers")
     op.drop_table("mq_consumers")
     op.drop_index(op.f("ix_mq_bindings_queue_id"), table_name="mq_bindings")
-    op.drop_index(op.f("ix_mq_bindings_exchange_routing_key"), table_name="mq_bindings")
     op.drop_table("mq_bindings")
     op.drop_table("mq_queues")
     op.drop_table("mq_messages")

@@ -1,0 +1,68 @@
+"""The hot statements use the indexes their comments name (EXPLAIN QUERY PLAN on a file built
+from schema.metadata), so queue depth does not turn publish, lease or ack into scans."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from mqstore import schema, sql
+
+
+@pytest.fixture(scope="module")
+def conn(tmp_path_factory: pytest.TempPathFactory) -> sqlite3.Connection:
+    path = Path(tmp_path_factory.mktemp("plans")) / "plans.db"
+    engine = create_engine(f"sqlite:///{path}")
+    schema.metadata.create_all(engine)
+    engine.dispose()
+    connection = sqlite3.connect(path)
+    yield connection
+    connection.close()
+
+
+def plan(conn: sqlite3.Connection, statement: str, params: tuple) -> str:
+    rows = conn.execute("EXPLAIN QUERY PLAN " + statement, params).fetchall()
+    return "\n".join(row[-1] for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("statement", "params", "expected"),
+    [
+        (sql.SELECT_READY, (1, 10), "ix_mq_entries_ready"),
+        (sql.COUNT_READY, (1,), "ix_mq_entries_ready"),
+        (sql.ACK_ENTRY, (1, 2), "INTEGER PRIMARY KEY"),
+        (sql.REQUEUE_ENTRY, (1, 2), "INTEGER PRIMARY KEY"),
+        (sql.REQUEUE_EXPIRED, (1,), "ix_mq_entries_lease_expiry"),
+        (sql.REQUEUE_OWNER, (1,), "ix_mq_entries_lease_owner"),
+        (sql.ROUTE_DIRECT, ("x", "k"), "sqlite_autoindex_mq_bindings_1"),
+        (sql.ROUTE_ALL, ("x",), "sqlite_autoindex_mq_bindings_1"),
+        (sql.ROUTE_DEFAULT, ("q",), "sqlite_autoindex_mq_queues"),
+        (sql.LEASE_ENTRIES, (1, 1, 0, 0, "[1]"), "INTEGER PRIMARY KEY"),
+        (sql.DELETE_ENTRIES, ("[1]",), "INTEGER PRIMARY KEY"),
+    ],
+)
+def test_hot_statement_uses_its_index(
+    conn: sqlite3.Connection, statement: str, params: tuple, expected: str
+) -> None:
+    text = plan(conn, statement, params)
+    assert expected in text, text
+    assert "SCAN mq_entries" not in text.replace("SCAN mq_entries USING", ""), text
+
+
+def test_release_trigger_finds_sibling_entries_by_index(conn: sqlite3.Connection) -> None:
+    text = plan(conn, "SELECT 1 FROM mq_entries WHERE message_id = ?", (1,))
+    assert "ix_mq_entries_message_id" in text, text
+
+
+def test_no_plain_begin_in_the_package() -> None:
+    """Every write transaction starts with BEGIN IMMEDIATE (no deferred upgrade deadlocks)."""
+    package = Path(schema.__file__).parent
+    offenders = []
+    for source in package.rglob("*.py"):
+        for number, line in enumerate(source.read_text().splitlines(), 1):
+            if '"BEGIN' in line and "BEGIN IMMEDIATE" not in line:
+                offenders.append(f"{source.name}:{number}: {line.strip()}")
+    assert offenders == []
