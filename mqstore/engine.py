@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import errors, store
+from . import errors, notify, sql, store
 from .types import Clock, SystemClock, boot_id
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 10_000
 UPKEEP_INTERVAL_S = 0.5
-CROSS_PROCESS_POLL_S = 0.005
+# Fallback for commits that send no wake-up (another host OS, the outbox pattern's own
+# transactions): PRAGMA data_version is polled this often while consumers wait.
+CROSS_PROCESS_POLL_S = 0.025
 
 
 class _Op:
@@ -131,6 +133,11 @@ class Engine:
         self._sessions: dict[int, int] = {}  # live session id -> default lease ms
         self._stop = threading.Event()
         self.refs = 0
+        self._watcher: threading.Thread | None = None
+        self._listener: notify.WakeListener | None = None
+        self._sender = notify.WakeSender() if notify.supported() else None
+        self._peers: list[str] = []
+        self._gone_peers: list[str] = []
         self.run(self._bootstrap)
         self._flusher = threading.Thread(target=self._flush_loop, name="mqstore-flush", daemon=True)
         self._flusher.start()
@@ -138,14 +145,14 @@ class Engine:
             target=self._upkeep_loop, name="mqstore-upkeep", daemon=True
         )
         self._upkeep.start()
-        self._watcher: threading.Thread | None = None
 
     # --- opening --------------------------------------------------------------------------
 
     def _connect(self, path: str) -> sqlite3.Connection:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise errors.StoreError(
-                f"mqstore needs SQLite >= 3.35 (RETURNING); this Python has {sqlite3.sqlite_version}"
+                "mqstore needs SQLite >= 3.35 (RETURNING); this Python has "
+                + sqlite3.sqlite_version
             )
         try:
             conn = sqlite3.connect(
@@ -163,6 +170,7 @@ class Engine:
 
     def _bootstrap(self, tx: store.Txn) -> None:
         store.ensure_system_exchanges(tx)
+        self._refresh_peers(tx)
         if store.get_meta(tx, "boot_id") != self.boot_id:
             # The host rebooted since the last lease: every holder is dead, every lease void.
             store.void_all_leases(tx)
@@ -358,16 +366,43 @@ class Engine:
                     target=self._watch_loop, name="mqstore-watch", daemon=True
                 )
                 self._watcher.start()
+            start_listening = self._listener is None and notify.supported()
+            if start_listening:
+                self._listener = notify.WakeListener(self._notify_local)
+        if start_listening:
+            self.run(self._register_listener)
 
     def remove_waker(self, waker: Callable[[], None]) -> None:
         with self._wakers_lock:
             self._wakers.discard(waker)
 
     def notify(self) -> None:
+        """Wake this process's waiting consumers and every other listening process."""
+        self._notify_local()
+        if self._sender is not None and self._peers:
+            gone = self._sender.send(self._peers)
+            if gone:
+                self._peers = [p for p in self._peers if p not in gone]
+                self._gone_peers.extend(gone)
+
+    def _notify_local(self) -> None:
         with self._wakers_lock:
             wakers = list(self._wakers)
         for waker in wakers:
             waker()
+
+    def _register_listener(self, tx: store.Txn) -> None:
+        if self._listener is not None:
+            tx.conn.execute(sql.INSERT_LISTENER, (self._listener.name, os.getpid(), tx.wall_ms))
+        self._refresh_peers(tx)
+
+    def _refresh_peers(self, tx: store.Txn) -> None:
+        """Learn which processes listen for wake-ups; forget those that vanished."""
+        for name in self._gone_peers:
+            tx.conn.execute(sql.DELETE_LISTENER, (name,))
+        self._gone_peers = []
+        own = self._listener.name if self._listener is not None else None
+        self._peers = [r[0] for r in tx.conn.execute(sql.SELECT_LISTENERS) if r[0] != own]
 
     def _watch_loop(self) -> None:
         """Notice commits by other processes: PRAGMA data_version changes when any other
@@ -416,6 +451,7 @@ class Engine:
                 store.close_session(tx, session_id)
 
     def _upkeep_step(self, tx: store.Txn) -> None:
+        self._refresh_peers(tx)
         store.renew(tx, dict(self._sessions))
         store.requeue_expired(tx)
         self._reap(tx)
@@ -436,6 +472,14 @@ class Engine:
     def close(self) -> None:
         if self._closed or os.getpid() != self._pid:
             return
+        if self._listener is not None:
+            name = self._listener.name
+            try:
+                self.run(lambda tx: tx.conn.execute(sql.DELETE_LISTENER, (name,)))
+            except errors.MqstoreError:
+                pass  # others drop it when their wake-up is refused
+            self._listener.close()
+            self._listener = None
         self._stop.set()
         self._kick.set()
         for thread in (self._flusher, self._upkeep, self._watcher):
@@ -446,6 +490,8 @@ class Engine:
                 self._cond.wait()
             self._closed = True
         self._conn.close()
+        if self._sender is not None:
+            self._sender.close()
 
 
 def _set_pragmas(conn: sqlite3.Connection) -> None:

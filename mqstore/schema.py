@@ -78,6 +78,15 @@ sessions = Table(
     Column("name", String, nullable=True),
 )
 
+# Processes with consumers waiting: the datagram address that wakes them after a commit.
+listeners = Table(
+    "mq_listeners",
+    metadata,
+    Column("address", String, primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("created_at_ms", Integer, nullable=False),
+)
+
 queues = Table(
     "mq_queues",
     metadata,

@@ -150,3 +150,10 @@ INCREMENT_COUNTER = (
     "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
 )
 SELECT_COUNTERS = "SELECT name, value FROM mq_counters"
+
+# --- cross-process wake-ups ---------------------------------------------------------------
+INSERT_LISTENER = (
+    "INSERT OR REPLACE INTO mq_listeners (address, pid, created_at_ms) VALUES (?, ?, ?)"
+)
+DELETE_LISTENER = "DELETE FROM mq_listeners WHERE address = ?"
+SELECT_LISTENERS = "SELECT address FROM mq_listeners"

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from .codec import PROPERTY_FIELDS
 
 
-class ExchangeType(str, enum.Enum):
+class ExchangeType(enum.StrEnum):
     """The exchange types mqstore routes with (pika's ``ExchangeType``)."""
 
     direct = "direct"
