@@ -34,6 +34,7 @@ UPKEEP_INTERVAL_S = 0.5
 # Fallback for commits that send no wake-up (another host OS, the outbox pattern's own
 # transactions): PRAGMA data_version is polled this often while consumers wait.
 CROSS_PROCESS_POLL_S = 0.025
+IDLE_POLL_S = 0.1
 
 
 class _Op:
@@ -404,13 +405,19 @@ class Engine:
         own = self._listener.name if self._listener is not None else None
         self._peers = [r[0] for r in tx.conn.execute(sql.SELECT_LISTENERS) if r[0] != own]
 
+    def _poll_interval(self) -> float:
+        if not self._wakers:
+            return IDLE_POLL_S
+        # With socket wake-ups, polling only catches commits that send none.
+        return IDLE_POLL_S if self._listener is not None else CROSS_PROCESS_POLL_S
+
     def _watch_loop(self) -> None:
         """Notice commits by other processes: PRAGMA data_version changes when any other
         connection commits. Polled only while someone waits."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             last = conn.execute("PRAGMA data_version").fetchone()[0]
-            while not self._stop.wait(CROSS_PROCESS_POLL_S if self._wakers else 0.1):
+            while not self._stop.wait(self._poll_interval()):
                 if not self._wakers:
                     continue
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
