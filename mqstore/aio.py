@@ -55,7 +55,11 @@ class AsyncConnection:
         loop = asyncio.get_running_loop()
         # Opening checks and may migrate the file: off the event loop.
         self._engine = await loop.run_in_executor(
-            None, engine.acquire, self.params.path, self.params.clock
+            None,
+            engine.acquire,
+            self.params.path,
+            self.params.clock,
+            self.params.disk_free_limit,
         )
         try:
             self._session = await loop.run_in_executor(
@@ -184,7 +188,12 @@ class AsyncChannel:
 
     async def _shutdown(self, exc: errors.ChannelClosed | None) -> None:
         self._stop_dispatcher()
-        for buffer in self._buffers.values():
+        for tag, buffer in self._buffers.items():
+            consumer = self._state.consumers.get(tag)
+            if consumer is not None and not consumer.auto_ack:
+                # Not yet yielded, and requeued by the close below: yielding them now would
+                # hand out messages that may already be redelivered elsewhere.
+                _drain(buffer)
             buffer.put_nowait(_END)
         await drive_async(self._state.close(exc), self.connection.engine.run_async)
         self.connection._channels.pop(self.channel_number, None)
@@ -358,7 +367,8 @@ class AsyncChannel:
     ) -> AsyncIterator[Delivery]:
         """Iterate over deliveries until the consumer is cancelled or the channel closes.
         Breaking out of the loop cancels the consumer; unacked deliveries stay on the
-        channel until acked or the channel closes."""
+        channel until acked or the channel closes, and those buffered but not yet yielded
+        are requeued (as aio-pika's QueueIterator.close does)."""
         buffer: asyncio.Queue[Any] = asyncio.Queue()
         tag = await self._run(
             self._state.basic_consume(queue, buffer, auto_ack, exclusive, consumer_tag, arguments)
@@ -376,6 +386,9 @@ class AsyncChannel:
         finally:
             if self._state.is_open and tag in self._state.consumers:
                 await self.basic_cancel(tag)
+            for item in _drain(buffer):
+                if item is not _END and not auto_ack and self._state.is_open:
+                    await self.basic_nack(item.delivery_tag, requeue=True)
 
     # --- dispatch -------------------------------------------------------------------------
 
@@ -417,6 +430,10 @@ class AsyncChannel:
         self, consumer: Consumer, method: Deliver, properties: BasicProperties, body: bytes
     ) -> None:
         if isinstance(consumer.callback, asyncio.Queue):
+            if consumer.tag not in self._buffers and not consumer.auto_ack:
+                # Leased while its iterator ended: nobody will see it, so requeue it.
+                await self.basic_nack(method.delivery_tag, requeue=True)
+                return
             consumer.callback.put_nowait(Delivery(self, method, properties, body))
         else:
             await _maybe_await(consumer.callback(self, method, properties, body))
@@ -425,6 +442,13 @@ class AsyncChannel:
         buffer = self._buffers.pop(consumer.tag, None)
         if buffer is not None:
             buffer.put_nowait(_END)
+
+
+def _drain(buffer: asyncio.Queue[Any]) -> list[Any]:
+    items = []
+    while not buffer.empty():
+        items.append(buffer.get_nowait())
+    return items
 
 
 async def _maybe_await(result: Any) -> Any:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import core, engine, errors
+from . import core, engine, errors, wal
 from .state import ChannelState, ConnectionSettings, Consumer, Steps, drive
 from .types import BasicProperties, Clock, Method, ReturnedMessage
 
@@ -41,6 +41,9 @@ class ConnectionParameters:
             holds messages.
         max_message_size: bodies larger than this are refused with 406.
         client_name: recorded with the connection's registration, for operators.
+        disk_free_limit: below this many free bytes on the database's file system,
+            publishes raise StoreFullError (acks still work); 0 disables the check.
+            Set by the first connection to the file in a process.
         clock: where time is read (tests inject a fake one).
     """
 
@@ -50,6 +53,7 @@ class ConnectionParameters:
     max_message_size: int = core.DEFAULT_MAX_MESSAGE_SIZE
     client_name: str | None = None
     clock: Clock | None = None
+    disk_free_limit: int = wal.DEFAULT_DISK_FREE_LIMIT
 
     def settings(self) -> ConnectionSettings:
         return ConnectionSettings(
@@ -66,7 +70,9 @@ class BlockingConnection:
     def __init__(self, parameters: ConnectionParameters | None = None) -> None:
         self.params = parameters or ConnectionParameters()
         self._settings = self.params.settings()
-        self._engine = engine.acquire(self.params.path, self.params.clock)
+        self._engine = engine.acquire(
+            self.params.path, self.params.clock, self.params.disk_free_limit
+        )
         try:
             self._session = self._engine.open_session(
                 self.params.client_name, self._settings.visibility_timeout_ms
@@ -208,6 +214,7 @@ class BlockingChannel:
         self._return_callbacks: list[Callable[..., Any]] = []
         self._cancel_callbacks: list[Callable[..., Any]] = []
         self._buffer: collections.deque[tuple[Any, Any, Any]] = collections.deque()
+        self._pending: collections.deque[tuple[Consumer, Any, Any, Any]] = collections.deque()
         self._generator: tuple[str, str, bool] | None = None
         self._consuming = False
 
@@ -220,6 +227,7 @@ class BlockingChannel:
 
     def _close_after(self, exc: errors.ChannelClosed | None) -> None:
         self._buffer.clear()
+        self._pending.clear()
         try:
             self.connection._run(self._state.close(exc))
         finally:
@@ -469,15 +477,32 @@ class BlockingChannel:
     # --- dispatch -------------------------------------------------------------------------
 
     def _dispatch(self) -> int:
-        if not self._state.is_open or not self._state.consumers:
+        if not self._state.is_open:
             return 0
-        deliveries = self._run(self._state.fetch())
-        for consumer in self._state.broker_cancelled:
-            self._broker_cancelled(consumer)
-        self._state.broker_cancelled.clear()
-        for consumer, method, properties, body in deliveries:
+        cancelled = 0
+        if not self._pending:
+            if not self._state.consumers:
+                return 0
+            self._pending.extend(self._run(self._state.fetch()))
+            # A broker cancel is an event too: process_data_events(None) must return for it.
+            cancelled = len(self._state.broker_cancelled)
+            for consumer in self._state.broker_cancelled:
+                self._broker_cancelled(consumer)
+            self._state.broker_cancelled.clear()
+        # Deliveries wait in _pending until dispatched: when a callback raises, the rest of
+        # the batch goes out at the next event pass (as in pika) instead of staying leased.
+        dispatched = 0
+        while self._pending:
+            consumer, method, properties, body = self._pending.popleft()
+            if not consumer.auto_ack and self._state.consumers.get(consumer.tag) is not consumer:
+                # An earlier callback cancelled the consumer: as pika, its undispatched
+                # deliveries are requeued, not dispatched.
+                if self._state.is_open:
+                    self.basic_nack(method.delivery_tag, requeue=True)
+                continue
+            dispatched += 1
             consumer.callback(self, method, properties, body)
-        return len(deliveries)
+        return dispatched + cancelled
 
     def _broker_cancelled(self, consumer: Consumer) -> None:
         if self._generator and self._generator[0] == consumer.tag:

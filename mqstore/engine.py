@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import errors, notify, sql, store
+from . import errors, notify, sql, store, wal
 from .types import Clock, SystemClock, boot_id
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 10_000
 UPKEEP_INTERVAL_S = 0.5
+# Leases shorter than 3 * UPKEEP_INTERVAL_S shorten the interval, down to this floor.
+MIN_UPKEEP_INTERVAL_S = 0.02
 # Fallback for commits that send no wake-up (another host OS, the outbox pattern's own
 # transactions): PRAGMA data_version is polled this often while consumers wait.
 CROSS_PROCESS_POLL_S = 0.025
@@ -97,7 +99,10 @@ def process_start_time(pid: int) -> str | None:
             return "unknown"
         return "unknown"
     # The command name may contain spaces and parentheses: split after the last ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None  # a zombie: dead, only not yet waited for by its parent
+    return fields[19]
 
 
 def _map_sqlite_error(exc: sqlite3.Error, path: str) -> errors.StoreError:
@@ -107,7 +112,9 @@ def _map_sqlite_error(exc: sqlite3.Error, path: str) -> errors.StoreError:
         return errors.StoreBusyError(text)
     if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or "not a database" in str(exc):
         return errors.StoreCorruptError(text)
-    if name.startswith(("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_READONLY")):
+    if name == "SQLITE_FULL":
+        return errors.StoreFullError(text + " (rolled back, not stored)")
+    if name.startswith(("SQLITE_IOERR", "SQLITE_READONLY")):
         return errors.StoreIOError(text + " (outcome unknown)")
     return errors.StoreError(text)
 
@@ -115,12 +122,21 @@ def _map_sqlite_error(exc: sqlite3.Error, path: str) -> errors.StoreError:
 class Engine:
     """The store of one file in one process. Use :func:`acquire` to share it."""
 
-    def __init__(self, path: str, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Clock | None = None,
+        disk_free_limit: int = wal.DEFAULT_DISK_FREE_LIMIT,
+    ) -> None:
         self.path = path
         self.clock: Clock = clock or SystemClock()
         self.boot_id = boot_id()
         self._pid = os.getpid()
+        wal.warn_if_wal_reset_bug()
         self._conn = self._connect(path)
+        self.checkpointer = wal.Checkpointer(path)
+        self.disk = wal.DiskGuard(path, disk_free_limit)
         self._stat = os.stat(path)
         self._replaced = False
         self._sync_full: bool | None = None
@@ -133,13 +149,21 @@ class Engine:
         self._wakers_lock = threading.Lock()
         self._sessions: dict[int, int] = {}  # live session id -> default lease ms
         self._stop = threading.Event()
+        self._upkeep_interval = UPKEEP_INTERVAL_S
+        self._upkeep_wake = threading.Event()
         self.refs = 0
         self._watcher: threading.Thread | None = None
         self._listener: notify.WakeListener | None = None
         self._sender = notify.WakeSender() if notify.supported() else None
         self._peers: list[str] = []
         self._gone_peers: list[str] = []
-        self.run(self._bootstrap)
+        try:
+            self.run(self._bootstrap)
+        except BaseException:
+            self._conn.close()
+            if self._sender is not None:
+                self._sender.close()
+            raise
         self._flusher = threading.Thread(target=self._flush_loop, name="mqstore-flush", daemon=True)
         self._flusher.start()
         self._upkeep = threading.Thread(
@@ -159,14 +183,26 @@ class Engine:
             conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
             )
+        except sqlite3.Error as exc:
+            raise _map_sqlite_error(exc, path) from exc
+        try:
             _set_pragmas(conn)
-            conn.execute("PRAGMA quick_check").fetchone()
+            # quick_check reports most damage as rows, not as an exception: read them all.
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise errors.StoreCorruptError(
+                    f"{path}: database disk image is malformed (quick_check: {problems[0]!r}); "
+                    "restore it from a backup"
+                )
             from . import migrate
 
             if migrate.current_revision(conn) != migrate.HEAD:
                 migrate.migrate(path)
-        except sqlite3.Error as exc:
-            raise _map_sqlite_error(exc, path) from exc
+        except BaseException as exc:
+            conn.close()  # a refused file keeps no handle (and no POSIX lock) open
+            if isinstance(exc, sqlite3.Error):
+                raise _map_sqlite_error(exc, path) from exc
+            raise
         return conn
 
     def _bootstrap(self, tx: store.Txn) -> None:
@@ -286,6 +322,7 @@ class Engine:
         nothing run) if another process holds the write lock."""
         conn = self._conn
         tx = store.Txn(conn, self.clock.now_ms(), self.clock.wall_ms())
+        tx.low_disk = self.disk.low()
         sync_full = any(op.sync for op in batch)
         try:
             if sync_full:
@@ -332,6 +369,8 @@ class Engine:
             op.finish()
         if tx.touched or tx.queues_deleted:
             self.notify()
+        if tx.shortest_lease_ms is not None:
+            self._lease_taken(tx.shortest_lease_ms)
         return True
 
     def _check_usable(self) -> None:
@@ -467,10 +506,40 @@ class Engine:
         """Heartbeat, renew own leases, requeue expired ones, reclaim dead processes'."""
         self.run(self._upkeep_step)
 
+    def checkpoint(self) -> tuple[int, int, int] | None:
+        """Checkpoint the WAL if this process is the file's checkpointer and it has grown.
+        Runs between batches (never inside a transaction)."""
+        with self._cond:
+            while self._leader:
+                self._cond.wait()
+            self._leader = True
+        try:
+            return self.checkpointer.maybe_checkpoint(self._conn)
+        except sqlite3.Error as exc:
+            raise _map_sqlite_error(exc, self.path) from exc
+        finally:
+            with self._cond:
+                self._leader = False
+                self._cond.notify_all()
+                if self._pending:
+                    self._kick.set()
+
+    def _lease_taken(self, lease_ms: int) -> None:
+        """Renew at least three times per lease, so a live connection never loses one."""
+        interval = max(MIN_UPKEEP_INTERVAL_S, lease_ms / 3000)
+        if interval < self._upkeep_interval:
+            self._upkeep_interval = interval
+            self._upkeep_wake.set()
+
     def _upkeep_loop(self) -> None:
-        while not self._stop.wait(UPKEEP_INTERVAL_S):
+        while not self._stop.is_set():
+            if self._upkeep_wake.wait(self._upkeep_interval):
+                # A shorter lease was taken, or the engine closes: wait again, shorter.
+                self._upkeep_wake.clear()
+                continue
             try:
                 self.upkeep()
+                self.checkpoint()
             except errors.MqstoreError as exc:
                 log.warning("mqstore upkeep failed: %s", exc, extra={"action": "upkeep_failed"})
 
@@ -489,6 +558,7 @@ class Engine:
             self._listener = None
         self._stop.set()
         self._kick.set()
+        self._upkeep_wake.set()
         for thread in (self._flusher, self._upkeep, self._watcher):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=5)
@@ -497,6 +567,7 @@ class Engine:
                 self._cond.wait()
             self._closed = True
         self._conn.close()
+        self.checkpointer.close()
         if self._sender is not None:
             self._sender.close()
 
@@ -509,7 +580,8 @@ def _set_pragmas(conn: sqlite3.Connection) -> None:
       NORMAL otherwise; see the module docstring. Set per batch in Engine._execute.
     - foreign_keys=ON: deleting a queue cascades to its entries, bindings and consumers.
     - busy_timeout: writers wait (bounded) for another process's write lock.
-    - journal_size_limit: the WAL file is truncated back to 64 MiB after checkpoints.
+    - journal_size_limit: the WAL file is truncated back to 8 MiB after checkpoints.
+    - wal_autocheckpoint=0: see mqstore.wal (one checkpointing process per file).
     """
     for _ in range(50):
         try:
@@ -520,7 +592,9 @@ def _set_pragmas(conn: sqlite3.Connection) -> None:
                 raise
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_size_limit=67108864")
+    conn.execute(f"PRAGMA journal_size_limit={wal.JOURNAL_SIZE_LIMIT}")
+    # Checkpoints are run by one process per file (wal.Checkpointer), not after commits.
+    conn.execute("PRAGMA wal_autocheckpoint=0")
 
 
 class _Registry:
@@ -531,13 +605,18 @@ class _Registry:
         self._engines: dict[tuple[str, int], Engine] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, path: str, clock: Clock | None = None) -> Engine:
+    def acquire(
+        self,
+        path: str,
+        clock: Clock | None = None,
+        disk_free_limit: int = wal.DEFAULT_DISK_FREE_LIMIT,
+    ) -> Engine:
         real = os.path.realpath(path)
         key = (real, id(clock))
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
-                engine = Engine(real, clock=clock)
+                engine = Engine(real, clock=clock, disk_free_limit=disk_free_limit)
                 self._engines[key] = engine
             engine.refs += 1
             return engine

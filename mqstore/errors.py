@@ -32,7 +32,8 @@ class 1:1 onto Channel.Close or Connection.Close.
     │   └── ConnectionWrongStateError              connection used after it closed
     └── StoreError                                 SQLite failed underneath
         ├── StoreBusyError                         the write lock stayed taken past the timeout
-        ├── StoreIOError                           I/O error or full disk: outcome unknown
+        ├── StoreIOError                           I/O error at write or commit: outcome unknown
+        ├── StoreFullError                         disk (nearly) full: publish refused, not stored
         ├── StoreCorruptError                      file is not SQLite or is damaged
         ├── StoreReplacedError                     file deleted or replaced while open
         ├── UsedAfterForkError                     connection inherited through fork()
@@ -214,6 +215,11 @@ class StoreIOError(StoreError):
     """An I/O error or full disk at write or commit; the outcome of the batch is unknown."""
 
 
+class StoreFullError(StoreError):
+    """Free disk space is below the limit (or the disk is full): the publish was refused and
+    not stored; acks and deletes keep working so consumers can drain."""
+
+
 class StoreCorruptError(StoreError):
     """The file is not an SQLite database or is damaged; it is never reinitialised."""
 
@@ -261,6 +267,7 @@ __all__ = [
     "StoreBusyError",
     "StoreCorruptError",
     "StoreError",
+    "StoreFullError",
     "StoreIOError",
     "StoreReplacedError",
     "UnroutableError",

@@ -144,6 +144,9 @@ messages = Table(
     Column("properties", Text, nullable=True),
     Column("body", LargeBinary, nullable=False),
     Column("published_at_ms", Integer, nullable=False),
+    # The AMQP content header's property bytes as an AMQP publisher sent them (NULL for
+    # other publishers): delivered back unchanged, since re-encoding decoded ones is lossy.
+    Column("amqp_properties", LargeBinary, nullable=True),
 )
 
 # A message's place in one queue. The id orders the queue (FIFO within a priority); a

@@ -69,15 +69,16 @@ ROUTE_ALL = (
     "JOIN mq_queues q ON q.id = b.queue_id WHERE b.exchange = ?"
 )
 INSERT_MESSAGE = (
-    "INSERT INTO mq_messages (exchange, routing_key, properties, body, published_at_ms) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO mq_messages (exchange, routing_key, properties, body, published_at_ms, "
+    "amqp_properties) VALUES (?, ?, ?, ?, ?, ?)"
 )
 INSERT_ENTRY = "INSERT INTO mq_entries (queue_id, message_id, priority) VALUES (?, ?, ?)"
 
 # --- leasing ------------------------------------------------------------------------------
 # The head of a queue: ready entries in priority then FIFO order (ix_mq_entries_ready).
 SELECT_READY = (
-    "SELECT e.id, e.delivery_count, m.exchange, m.routing_key, m.properties, m.body "
+    "SELECT e.id, e.delivery_count, m.exchange, m.routing_key, m.properties, m.body, "
+    "m.amqp_properties "
     "FROM mq_entries e INDEXED BY ix_mq_entries_ready JOIN mq_messages m ON m.id = e.message_id "
     "WHERE e.queue_id = ? AND e.lease_token IS NULL ORDER BY e.priority DESC, e.id LIMIT ?"
 )

@@ -52,6 +52,8 @@ class Unacked:
     entry_id: int
     token: int
     consumer_tag: str | None
+    # The queue's consumer timeout: the AMQP server closes the channel (406) past it.
+    consumer_timeout_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -223,8 +225,10 @@ class ChannelState:
         body: Any,
         properties: BasicProperties | None = None,
         mandatory: bool = False,
+        amqp_properties: bytes | None = None,
     ) -> Steps:
-        """Store one message; returns a ReturnedMessage when mandatory and unroutable."""
+        """Store one message; returns a ReturnedMessage when mandatory and unroutable.
+        ``amqp_properties``: the AMQP server's raw property bytes, stored for delivery."""
         self.check_open()
         data = core.coerce_body(body)
         xname = core.check_name("exchange", exchange, allow_reserved=True)
@@ -240,6 +244,7 @@ class ChannelState:
         routed = yield Call(
             store.publish,
             (xname, key, data, encoded, fields.get("priority") or 0, fields.get("headers")),
+            dict(amqp_properties=amqp_properties) if amqp_properties is not None else {},
             sync=self._durable_sync,
         )
         if routed or not mandatory:
@@ -322,36 +327,50 @@ class ChannelState:
         self._round += 1
         consumers = consumers[start:] + consumers[:start]
         budget = self.global_prefetch - len(self.unacked) if self.global_prefetch else None
-        plan: list[tuple[Consumer, store.LeaseRequest]] = []
+        plan: list[tuple[Consumer, int]] = []
         for consumer in consumers:
             if consumer.tag in skip:
                 continue
             room = FETCH_LIMIT
             if not consumer.auto_ack:
                 if consumer.prefetch:
+                    # Fill every free slot at once, as RabbitMQ does: waiting for the window
+                    # to half-empty starves a consumer that holds deliveries until more come.
                     room = min(room, consumer.prefetch - consumer.unacked)
-                    # Refill at half-empty, so a steady consumer leases in batches.
-                    if consumer.unacked and room < (consumer.prefetch + 1) // 2:
-                        continue
                 if budget is not None:
                     room = min(room, budget)
                     budget -= max(room, 0)
             if room > 0:
-                vt = self.settings.visibility_timeout_ms
-                plan.append(
-                    (consumer, store.LeaseRequest(consumer.queue, room, consumer.auto_ack, vt))
-                )
+                plan.append((consumer, room))
         if not plan:
             return []
-        results = yield Call(store.lease, (self.session, [request for _, request in plan]))
+        # Consumers of one queue (and ack mode) share one lease, dealt out in turn: RabbitMQ
+        # dispatches round-robin, not everything to the first consumer.
+        groups: dict[tuple[str, bool], list[tuple[Consumer, int]]] = {}
+        for consumer, room in plan:
+            groups.setdefault((consumer.queue, consumer.auto_ack), []).append((consumer, room))
+        vt = self.settings.visibility_timeout_ms
+        requests = [
+            store.LeaseRequest(queue, sum(room for _, room in members), auto_ack, vt)
+            for (queue, auto_ack), members in groups.items()
+        ]
+        results = yield Call(store.lease, (self.session, requests))
         deliveries = []
-        for (consumer, _), leased in zip(plan, results, strict=True):
+        for members, leased in zip(groups.values(), results, strict=True):
             if leased is None:
-                # The queue was deleted: the broker cancels the consumer.
-                self.consumers.pop(consumer.tag, None)
-                self.broker_cancelled.append(consumer)
+                # The queue was deleted: the broker cancels its consumers.
+                for consumer, _ in members:
+                    self.consumers.pop(consumer.tag, None)
+                    self.broker_cancelled.append(consumer)
                 continue
+            rooms = [room for _, room in members]
+            turn = 0
             for message in leased:
+                while rooms[turn] == 0:
+                    turn = (turn + 1) % len(members)
+                consumer = members[turn][0]
+                rooms[turn] -= 1
+                turn = (turn + 1) % len(members)
                 tag = self._track(message, consumer, consumer.auto_ack)
                 method = Deliver(
                     consumer.tag,
@@ -368,7 +387,10 @@ class ChannelState:
         tag = next(self._tags)
         if not auto_ack:
             self.unacked[tag] = Unacked(
-                message.entry_id, message.token, consumer.tag if consumer else None
+                message.entry_id,
+                message.token,
+                consumer.tag if consumer else None,
+                message.consumer_timeout_ms,
             )
             if consumer is not None:
                 consumer.unacked += 1
@@ -381,9 +403,10 @@ class ChannelState:
         if isinstance(delivery_tag, bool) or not isinstance(delivery_tag, int):
             raise TypeError(f"delivery_tag must be int, not {type(delivery_tag).__name__}")
         if multiple:
-            tags = [t for t in self.unacked if delivery_tag == 0 or t <= delivery_tag]
-            if delivery_tag and delivery_tag not in self.unacked and not tags:
+            # As RabbitMQ: a non-zero tag must itself be outstanding, even with multiple.
+            if delivery_tag and delivery_tag not in self.unacked:
                 raise core.unknown_delivery_tag(delivery_tag)
+            tags = [t for t in self.unacked if delivery_tag == 0 or t <= delivery_tag]
         else:
             if delivery_tag not in self.unacked:
                 raise core.unknown_delivery_tag(delivery_tag)
@@ -480,7 +503,9 @@ def _properties(message: LeasedMessage) -> BasicProperties:
         headers = dict(fields.get("headers") or {})
         headers["x-delivery-count"] = message.delivery_count - 1
         fields = {**fields, "headers": headers}
-    return BasicProperties.from_fields(fields)
+    properties = BasicProperties.from_fields(fields)
+    properties.amqp_encoded = message.amqp_properties
+    return properties
 
 
 def drive(steps: Steps, run: Any) -> Any:

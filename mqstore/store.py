@@ -27,6 +27,10 @@ class Txn:
     wall_ms: int
     touched: set[int] = field(default_factory=set)
     queues_deleted: bool = False
+    # The shortest lease taken in this transaction: the engine renews at least that often.
+    shortest_lease_ms: int | None = None
+    # Free disk space is below the limit: publishes are refused (wal.DiskGuard).
+    low_disk: bool = False
 
 
 # --- exchanges ----------------------------------------------------------------------------
@@ -290,15 +294,22 @@ def publish(
     properties: str | None,
     priority: int,
     headers: Mapping[str, Any] | None,
+    amqp_properties: bytes | None = None,
 ) -> int:
     """Route and store one message; returns the number of queues it reached (0: dropped and
-    counted as unroutable)."""
+    counted as unroutable). ``amqp_properties``: the raw AMQP property bytes an AMQP
+    publisher sent, stored beside the decoded ``properties`` so delivery loses nothing."""
+    if tx.low_disk:
+        raise errors.StoreFullError(
+            "free disk space is below the limit: publish refused (not stored); acks and "
+            "deletes still work so consumers can drain"
+        )
     targets = _route(tx, exchange, routing_key, headers)
     if not targets:
         tx.conn.execute(sql.INCREMENT_COUNTER, ("unroutable", 1))
         return 0
     cursor = tx.conn.execute(
-        sql.INSERT_MESSAGE, (exchange, routing_key, properties, body, tx.wall_ms)
+        sql.INSERT_MESSAGE, (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties)
     )
     message_id = cursor.lastrowid
     if len(targets) == 1:
@@ -366,6 +377,8 @@ def _lease_one(
     else:
         token = core.new_lease_token()
         vt = queue["visibility_timeout_ms"] or request.visibility_timeout_ms
+        if tx.shortest_lease_ms is None or vt < tx.shortest_lease_ms:
+            tx.shortest_lease_ms = vt
         conn.execute(sql.LEASE_ENTRIES, (token, session, tx.now_ms, tx.now_ms + vt, ids))
     count = conn.execute(sql.COUNT_READY, (queue["id"],)).fetchone()[0] if request.with_count else 0
     name = queue["name"]
@@ -380,8 +393,10 @@ def _lease_one(
             body=body,
             delivery_count=delivered + 1,
             message_count=count,
+            amqp_properties=amqp_props,
+            consumer_timeout_ms=queue["consumer_timeout_ms"],
         )
-        for entry_id, delivered, exchange, routing_key, props, body in rows
+        for entry_id, delivered, exchange, routing_key, props, body, amqp_props in rows
     ]
 
 

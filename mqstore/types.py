@@ -37,9 +37,14 @@ TRANSIENT_DELIVERY_MODE = 1
 
 
 class BasicProperties:
-    """AMQP message properties, as ``pika.BasicProperties``; every field defaults to None."""
+    """AMQP message properties, as ``pika.BasicProperties``; every field defaults to None.
 
-    __slots__ = PROPERTY_FIELDS
+    ``amqp_encoded`` is not a property: on a delivered message that an AMQP client
+    published, it holds the property bytes exactly as sent, so the AMQP server can pass them
+    through unchanged. It is ignored on publish and by equality.
+    """
+
+    __slots__ = (*PROPERTY_FIELDS, "amqp_encoded")
 
     def __init__(
         self,
@@ -61,6 +66,7 @@ class BasicProperties:
         values = locals()
         for name in PROPERTY_FIELDS:
             setattr(self, name, values[name])
+        self.amqp_encoded: bytes | None = None
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> BasicProperties:
@@ -203,6 +209,8 @@ class LeasedMessage:
     delivery_count: int
     message_count: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    amqp_properties: bytes | None = None
+    consumer_timeout_ms: int = 0
 
 
 class Clock(Protocol):

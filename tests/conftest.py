@@ -45,3 +45,22 @@ def db_path(tmp_path: Path) -> str:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def blocking_connect(db_path: str):
+    """Open ``mqstore.BlockingConnection``s on ``db_path``; every one still open is closed
+    at teardown. ``blocking_connect(clock=..., **params)`` passes ConnectionParameters."""
+    import mqstore
+
+    opened: list[mqstore.BlockingConnection] = []
+
+    def connect(**params: object) -> mqstore.BlockingConnection:
+        params.setdefault("path", db_path)
+        connection = mqstore.BlockingConnection(mqstore.ConnectionParameters(**params))
+        opened.append(connection)
+        return connection
+
+    yield connect
+    for connection in reversed(opened):
+        connection.close()

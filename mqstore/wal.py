@@ -1,0 +1,131 @@
+"""Keeping the WAL bounded, and the disk from filling, for every process on one file.
+
+Checkpoints: every mqstore connection turns SQLite's automatic checkpoint off; one process
+per file at a time (whoever holds an ``flock`` on ``<db>-mqstore.lock``, a separate file so no
+SQLite lock is ever touched) checkpoints from its upkeep thread: PASSIVE once the WAL passes
+``PASSIVE_AT_BYTES``, TRUNCATE past ``TRUNCATE_AT_BYTES`` (it waits for readers, within the
+busy timeout). One checkpointer per file also narrows the exposure to SQLite's WAL-reset bug
+(3.7.0 to 3.51.2: two connections writing or checkpointing at the same moment); run on a
+Python whose SQLite is 3.51.3 or later to remove it.
+
+Disk space: below ``disk_free_limit`` bytes free, publishes are refused before SQLite meets
+ENOSPC, so acks and deletes (which also need WAL space) keep working and consumers can drain.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+
+log = logging.getLogger(__name__)
+
+PASSIVE_AT_BYTES = 4 * 1024 * 1024
+# After a checkpoint the WAL restarts from its beginning and is truncated to this size.
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
+TRUNCATE_AT_BYTES = 64 * 1024 * 1024
+DEFAULT_DISK_FREE_LIMIT = 50 * 1024 * 1024  # RabbitMQ's default disk_free_limit
+WAL_RESET_FIXED = (3, 51, 3)
+
+_warned_wal_reset = False
+
+
+def warn_if_wal_reset_bug() -> None:
+    """Log once per process when this SQLite has the WAL-reset bug."""
+    global _warned_wal_reset
+    if _warned_wal_reset or sqlite3.sqlite_version_info >= WAL_RESET_FIXED:
+        return
+    _warned_wal_reset = True
+    log.warning(
+        "SQLite %s has the WAL-reset bug fixed in 3.51.3; mqstore narrows the exposure with "
+        "one checkpointing process per file. Use a Python built with SQLite >= 3.51.3 to "
+        "remove it (see the README).",
+        sqlite3.sqlite_version,
+        extra={"action": "sqlite_wal_reset_bug"},
+    )
+
+
+class Checkpointer:
+    """Decides whether this process checkpoints the file, and does it when the WAL grows."""
+
+    def __init__(self, db_path: str) -> None:
+        self.db_path = db_path
+        self.wal_path = db_path + "-wal"
+        self._lock_path = db_path + "-mqstore.lock"
+        self._fd: int | None = None
+        self.last_result: tuple[int, int, int] | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._fd is not None
+
+    def try_lead(self) -> bool:
+        """Become this file's checkpointer if no live process is (the kernel frees the lock
+        when its holder dies)."""
+        if self._fd is not None:
+            return True
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def wal_bytes(self) -> int:
+        try:
+            return os.stat(self.wal_path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def maybe_checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int, int] | None:
+        """Checkpoint when the WAL is over a threshold; runs outside any transaction."""
+        if not self.try_lead():
+            return None
+        size = self.wal_bytes()
+        if size < PASSIVE_AT_BYTES:
+            return None
+        mode = "TRUNCATE" if size >= TRUNCATE_AT_BYTES else "PASSIVE"
+        row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        self.last_result = (int(row[0]), int(row[1]), int(row[2]))
+        if row[0]:
+            log.warning(
+                "WAL checkpoint (%s) was blocked; WAL is %d bytes",
+                mode,
+                size,
+                extra={"action": "checkpoint_busy"},
+            )
+        return self.last_result
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # also releases the flock
+            self._fd = None
+
+
+class DiskGuard:
+    """Whether the file system holding the database has room for more publishes."""
+
+    def __init__(self, db_path: str, limit_bytes: int, recheck_s: float = 1.0) -> None:
+        self.directory = os.path.dirname(os.path.abspath(db_path))
+        self.limit_bytes = limit_bytes
+        self._recheck_s = recheck_s
+        self._checked_at = -1e9
+        self._free = 0
+
+    def free_bytes(self) -> int:
+        now = time.monotonic()
+        if now - self._checked_at >= self._recheck_s:
+            st = os.statvfs(self.directory)
+            self._free = st.f_bavail * st.f_frsize
+            self._checked_at = now
+        return self._free
+
+    def low(self) -> bool:
+        return self.limit_bytes > 0 and self.free_bytes() < self.limit_bytes
