@@ -282,6 +282,28 @@ class AsyncChannel:
     ) -> Method:
         return await self._run(self._state.queue_unbind(queue, exchange, routing_key, arguments))
 
+    async def exchange_bind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Method:
+        return await self._run(
+            self._state.exchange_bind(destination, source, routing_key, arguments)
+        )
+
+    async def exchange_unbind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Method:
+        return await self._run(
+            self._state.exchange_unbind(destination, source, routing_key, arguments)
+        )
+
     async def basic_qos(
         self, prefetch_size: int = 0, prefetch_count: int = 0, global_qos: bool = False
     ) -> None:

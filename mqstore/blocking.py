@@ -322,6 +322,25 @@ class BlockingChannel:
     ) -> Method:
         return self._run(self._state.queue_unbind(queue, exchange, routing_key, arguments))
 
+    def exchange_bind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Method:
+        """Route what ``source`` routes with ``routing_key`` on through ``destination``."""
+        return self._run(self._state.exchange_bind(destination, source, routing_key, arguments))
+
+    def exchange_unbind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Method:
+        return self._run(self._state.exchange_unbind(destination, source, routing_key, arguments))
+
     def basic_qos(
         self, prefetch_size: int = 0, prefetch_count: int = 0, global_qos: bool = False
     ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import queue
 import signal
@@ -106,6 +107,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Hidden: one demo worker. Prefetch 1 and manual ack: a job is acked only once done,
     so a worker that dies mid-job leaves it unacked, to be redelivered. Reports events as
     ``<event> <job> <redelivered>`` lines for the demo to narrate."""
+    # The demo process already showed any warning about this SQLite; three copies of it
+    # would bury the narration.
+    logging.getLogger("mqstore").setLevel(logging.ERROR)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     with _connect(args.db) as conn:
@@ -257,7 +261,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", default="mqstore.db", help="vhost '/'; default: %(default)s")
     serve.add_argument("--user", action="append", metavar="NAME:PASSWORD", help="repeatable")
     serve.add_argument("--vhost", action="append", metavar="NAME=PATH", help="repeatable")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--disk-free-limit",
+        type=int,
+        default=50_000_000,
+        metavar="BYTES",
+        help="block publishers below this much free disk; default: %(default)s",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("_worker")  # hidden: no help, not in the COMMAND metavar
     worker.add_argument("--db", required=True)
@@ -277,6 +288,8 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; broker refusals (404, 406 ...) become a one-line message, exit 1."""
     args = _parser().parse_args(argv)
+    # mqstore logs warnings (e.g. about the SQLite version); say whose they are, once.
+    logging.basicConfig(format="mqstore: %(levelname)s: %(message)s", level=logging.WARNING)
     try:
         return int(args.func(args))
     except mqstore.ChannelClosedByBroker as exc:

@@ -122,6 +122,23 @@ bindings = Table(
 )
 Index("ix_mq_bindings_queue_id", bindings.c.queue_id)
 
+# Exchange-to-exchange bindings (AMQP exchange.bind): what ``source`` routes with this key
+# is routed on through ``destination`` as well. Deleting either exchange deletes the binding.
+exchange_bindings = Table(
+    "mq_exchange_bindings",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String, ForeignKey("mq_exchanges.name", ondelete="CASCADE"), nullable=False),
+    Column(
+        "destination", String, ForeignKey("mq_exchanges.name", ondelete="CASCADE"), nullable=False
+    ),
+    Column("routing_key", String, nullable=False),
+    Column("arguments", Text, nullable=False, server_default=text("''")),
+    # Also the routing index: a publish reads the bindings of its exchange (source).
+    UniqueConstraint("source", "routing_key", "destination", "arguments"),
+)
+Index("ix_mq_exchange_bindings_destination", exchange_bindings.c.destination)
+
 consumers = Table(
     "mq_consumers",
     metadata,

@@ -14,11 +14,15 @@ INSERT_EXCHANGE = (
 )
 INSERT_EXCHANGE_IF_MISSING = INSERT_EXCHANGE.replace("INSERT INTO", "INSERT OR IGNORE INTO")
 DELETE_EXCHANGE = "DELETE FROM mq_exchanges WHERE name = ?"
-EXCHANGE_HAS_BINDINGS = "SELECT 1 FROM mq_bindings WHERE exchange = ? LIMIT 1"
+EXCHANGE_HAS_BINDINGS = (
+    "SELECT 1 FROM mq_bindings WHERE exchange = ?1 "
+    "UNION ALL SELECT 1 FROM mq_exchange_bindings WHERE source = ?1 LIMIT 1"
+)
 # Auto-delete exchanges lose their last binding: delete them (uses ix_mq_bindings_exchange_*).
 DELETE_UNUSED_AUTO_DELETE_EXCHANGE = (
     "DELETE FROM mq_exchanges WHERE name = ? AND auto_delete "
-    "AND NOT EXISTS (SELECT 1 FROM mq_bindings WHERE exchange = ?)"
+    "AND NOT EXISTS (SELECT 1 FROM mq_bindings WHERE exchange = ?) "
+    "AND NOT EXISTS (SELECT 1 FROM mq_exchange_bindings WHERE source = mq_exchanges.name)"
 )
 
 # --- queues -------------------------------------------------------------------------------
@@ -53,6 +57,21 @@ INSERT_BINDING = (
 DELETE_BINDING = (
     "DELETE FROM mq_bindings WHERE exchange = ? AND queue_id = ? AND routing_key = ? "
     "AND arguments = ?"
+)
+
+# --- exchange-to-exchange bindings ---------------------------------------------------------
+INSERT_EXCHANGE_BINDING = (
+    "INSERT OR IGNORE INTO mq_exchange_bindings (source, destination, routing_key, arguments) "
+    "VALUES (?, ?, ?, ?)"
+)
+DELETE_EXCHANGE_BINDING = (
+    "DELETE FROM mq_exchange_bindings WHERE source = ? AND destination = ? "
+    "AND routing_key = ? AND arguments = ?"
+)
+# The exchanges a publish to this one goes on to (the unique index's source prefix).
+ROUTE_EXCHANGES = (
+    "SELECT b.destination, e.type, b.routing_key, b.arguments FROM mq_exchange_bindings b "
+    "JOIN mq_exchanges e ON e.name = b.destination WHERE b.source = ?"
 )
 
 # --- routing (publish) --------------------------------------------------------------------

@@ -18,8 +18,10 @@ from .types import (
     BasicProperties,
     BasicQosOk,
     Deliver,
+    ExchangeBindOk,
     ExchangeDeclareOk,
     ExchangeDeleteOk,
+    ExchangeUnbindOk,
     GetOk,
     LeasedMessage,
     Method,
@@ -144,6 +146,35 @@ class ChannelState:
         name = core.check_name("exchange", exchange or "", allow_reserved=True)
         yield Call(store.exchange_delete, (name,), dict(if_unused=if_unused))
         return Method(self.number, ExchangeDeleteOk())
+
+    def exchange_bind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Steps:
+        """Exchange-to-exchange binding (a RabbitMQ extension to AMQP 0-9-1)."""
+        self.check_open()
+        dest = core.check_name("exchange", destination, allow_reserved=True)
+        src = core.check_name("exchange", source, allow_reserved=True)
+        key = core.check_routing_key(routing_key)
+        yield Call(store.exchange_bind, (dest, src, key, arguments), sync=self._durable_sync)
+        return Method(self.number, ExchangeBindOk())
+
+    def exchange_unbind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Steps:
+        self.check_open()
+        dest = core.check_name("exchange", destination, allow_reserved=True)
+        src = core.check_name("exchange", source, allow_reserved=True)
+        key = core.check_routing_key(routing_key)
+        yield Call(store.exchange_unbind, (dest, src, key, arguments))
+        return Method(self.number, ExchangeUnbindOk())
 
     def queue_declare(
         self,

@@ -250,6 +250,49 @@ def queue_unbind(
     tx.conn.execute(sql.DELETE_UNUSED_AUTO_DELETE_EXCHANGE, (exchange, exchange))
 
 
+def _exchange_pair(tx: Txn, destination: str, source: str) -> str:
+    """The source's type, after RabbitMQ's checks: 403 for the default exchange, 404 for a
+    missing source or destination."""
+    if destination == "" or source == "":
+        raise errors.AccessRefusedError(
+            "ACCESS_REFUSED - operation not permitted on the default exchange"
+        )
+    source_row = tx.conn.execute(sql.SELECT_EXCHANGE, (source,)).fetchone()
+    if source_row is None:
+        raise core.no_exchange(source)
+    if tx.conn.execute(sql.SELECT_EXCHANGE, (destination,)).fetchone() is None:
+        raise core.no_exchange(destination)
+    return str(source_row[1])
+
+
+def exchange_bind(
+    tx: Txn,
+    destination: str,
+    source: str,
+    routing_key: str,
+    arguments: Mapping[str, Any] | None,
+) -> None:
+    """AMQP exchange.bind: messages ``source`` routes with ``routing_key`` also go through
+    ``destination``."""
+    core.check_binding_arguments(_exchange_pair(tx, destination, source), arguments)
+    args = codec.encode_table(arguments) if arguments else ""
+    tx.conn.execute(sql.INSERT_EXCHANGE_BINDING, (source, destination, routing_key, args))
+
+
+def exchange_unbind(
+    tx: Txn,
+    destination: str,
+    source: str,
+    routing_key: str,
+    arguments: Mapping[str, Any] | None,
+) -> None:
+    """Remove an exchange-to-exchange binding; a missing one is not an error (RabbitMQ)."""
+    _exchange_pair(tx, destination, source)
+    args = codec.encode_table(arguments) if arguments else ""
+    tx.conn.execute(sql.DELETE_EXCHANGE_BINDING, (source, destination, routing_key, args))
+    tx.conn.execute(sql.DELETE_UNUSED_AUTO_DELETE_EXCHANGE, (source, source))
+
+
 # --- publish ------------------------------------------------------------------------------
 
 
@@ -268,22 +311,37 @@ def _route(
         raise errors.AccessRefusedError(
             f"ACCESS_REFUSED - cannot publish to internal {core.exchange_desc(exchange)}"
         )
-    kind = row[1]
-    if kind == "direct":
-        return conn.execute(sql.ROUTE_DIRECT, (exchange, routing_key)).fetchall()
     targets: dict[int, int | None] = {}
-    for queue_id, max_priority, key, args in conn.execute(sql.ROUTE_ALL, (exchange,)):
-        if queue_id in targets:
-            continue
-        if kind == "fanout":
-            matched = True
-        elif kind == "topic":
-            matched = routing.compile_topic(key)(routing_key)
+    # Exchange-to-exchange bindings: route on through every destination the message
+    # matches, each exchange once (bindings may form cycles).
+    pending = [(exchange, row[1])]
+    seen = {exchange}
+    while pending:
+        name, kind = pending.pop()
+        if kind == "direct":
+            targets.update(conn.execute(sql.ROUTE_DIRECT, (name, routing_key)).fetchall())
         else:
-            matched = routing.headers_match(codec.decode_table(args) if args else {}, headers)
-        if matched:
-            targets[queue_id] = max_priority
+            for queue_id, max_priority, key, args in conn.execute(sql.ROUTE_ALL, (name,)):
+                if queue_id not in targets and _matches(kind, key, args, routing_key, headers):
+                    targets[queue_id] = max_priority
+        for destination, dest_kind, key, args in conn.execute(sql.ROUTE_EXCHANGES, (name,)):
+            if destination not in seen and _matches(kind, key, args, routing_key, headers):
+                seen.add(destination)
+                pending.append((destination, dest_kind))
     return list(targets.items())
+
+
+def _matches(
+    kind: str, key: str, args: str, routing_key: str, headers: Mapping[str, Any] | None
+) -> bool:
+    """Does a binding of an exchange of type ``kind`` take this message?"""
+    if kind == "direct":
+        return key == routing_key
+    if kind == "fanout":
+        return True
+    if kind == "topic":
+        return routing.compile_topic(key)(routing_key)
+    return routing.headers_match(codec.decode_table(args) if args else {}, headers)
 
 
 def publish(

@@ -110,6 +110,16 @@ class ExchangeDeleteOk:
 
 
 @dataclass(frozen=True, slots=True)
+class ExchangeBindOk:
+    NAME = "Exchange.BindOk"
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeUnbindOk:
+    NAME = "Exchange.UnbindOk"
+
+
+@dataclass(frozen=True, slots=True)
 class QueueBindOk:
     NAME = "Queue.BindOk"
 

@@ -53,6 +53,7 @@ class AMQPChannel:
         self._publish_seq = 0
         self._next_confirm = 1
         self._outcomes: dict[int, tuple[bool, Any]] = {}
+        self._flush_scheduled = False
         self._publishes: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._lock = asyncio.Lock()  # fetch-and-write vs cancel/close
@@ -218,11 +219,18 @@ class AMQPChannel:
                 self._write_return(outcome[1])
             return
         self._outcomes[seq] = outcome
-        self._flush_confirms()
+        if not self._flush_scheduled:
+            # Flush after every publish of this commit has recorded its outcome: the
+            # commit's futures resolve together, so one Ack(multiple) covers the batch.
+            self._flush_scheduled = True
+            self.conn.loop.call_soon(self._flush_confirms)
 
     def _flush_confirms(self) -> None:
         """Send the confirms that are due, in publish order: one Ack(multiple) for each run
         of committed publishes, a Return before the Ack that covers it."""
+        self._flush_scheduled = False
+        if self.closing or self.finished:
+            return
         acked = 0
         count = 0
         while self._next_confirm in self._outcomes:
@@ -366,8 +374,16 @@ class AMQPChannel:
             raise errors.PreconditionFailedError(
                 "PRECONDITION_FAILED - channel is not transactional"
             )
-        elif name in ("Exchange.Bind", "Exchange.Unbind"):
-            raise Fault(540, "NOT_IMPLEMENTED - exchange-to-exchange bindings")
+        elif name == "Exchange.Bind":
+            await self._run(
+                state.exchange_bind(m.destination, m.source, m.routing_key, m.arguments)
+            )
+            self._reply(m, commands.Exchange.BindOk())
+        elif name == "Exchange.Unbind":
+            await self._run(
+                state.exchange_unbind(m.destination, m.source, m.routing_key, m.arguments)
+            )
+            self._reply(m, commands.Exchange.UnbindOk())
         else:
             raise Fault(503, f"COMMAND_INVALID - unexpected method {name} on a channel")
 
@@ -386,6 +402,8 @@ class AMQPChannel:
         )
         raw = framing.encode_properties(props, method.delivery_count)
         self.conn.write(framing.content_frames(self.number, frame, raw, body, self.conn.frame_max))
+        if not m.no_ack:
+            self._delivered_at[method.delivery_tag] = self.conn.loop.time()
 
     async def _consume(self, m: Any) -> None:
         queue = self._queue(m.queue)
@@ -398,6 +416,26 @@ class AMQPChannel:
         # wire before the dispatcher can deliver anything to it.
         self._reply(m, commands.Basic.ConsumeOk(tag))
         self._start_dispatcher()
+
+    def check_consumer_timeout(self, now: float) -> None:
+        """As RabbitMQ: a delivery unacknowledged past its queue's consumer timeout
+        (``x-consumer-timeout``, default 30 min) closes the channel with 406, so a late ack
+        can never land; the close requeues it."""
+        if self.closing or self.finished or not self._delivered_at:
+            return
+        unacked = self.state.unacked
+        for tag, sent in list(self._delivered_at.items()):
+            item = unacked.get(tag)
+            if item is None:
+                del self._delivered_at[tag]
+            elif item.consumer_timeout_ms and (now - sent) * 1000 > item.consumer_timeout_ms:
+                error = errors.PreconditionFailedError(
+                    f"PRECONDITION_FAILED - delivery acknowledgement on channel {self.number} "
+                    f"timed out. Timeout value used: {item.consumer_timeout_ms} ms. This "
+                    "timeout value can be configured, see consumers doc guide to learn more"
+                )
+                self._timeout_task = self.conn.loop.create_task(self.fail(error, None))
+                return
 
     # --- dispatch -------------------------------------------------------------------------
 
@@ -453,6 +491,8 @@ class AMQPChannel:
                     self.conn.write(
                         framing.content_frames(self.number, frame, raw, body, frame_max)
                     )
+                    if method.delivery_tag in state.unacked:
+                        self._delivered_at[method.delivery_tag] = self.conn.loop.time()
             if deliveries:
                 await self.conn.drain()
             else:

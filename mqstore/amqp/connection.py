@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 1.0
+WATCHDOG_INTERVAL_S = 0.5
 
 
 class _Content:
@@ -66,6 +67,8 @@ class AMQPConnection:
         self.engine: Engine | None = None  # type: ignore[assignment]
         self.session = 0
         self.cancel_notify = False
+        self.blocked_notify = False  # the client understands Connection.Blocked
+        self._paused = False  # reading stopped: a publish waits for disk space
         self.user = ""
         self.vhost = ""
         self.phase = "start"
@@ -76,6 +79,7 @@ class AMQPConnection:
         self._last_read = self.loop.time()
         self._last_write = self._last_read
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
 
     # --- output ---------------------------------------------------------------------------
@@ -162,10 +166,12 @@ class AMQPConnection:
             buf += data
             try:
                 for frame in framing.take_frames(buf, self.frame_max):
-                    await self._on_frame(frame)
-                    if self._broken:
-                        break
+                    try:
+                        await self._on_frame(frame)
+                    except Fault as fault:
+                        self.fail(fault)  # framing is intact: go on, to see the CloseOk
             except Fault as fault:
+                # Framing is lost (bad size or end octet): nothing more can be parsed.
                 self._broken = True
                 self.fail(fault)
 
@@ -177,8 +183,9 @@ class AMQPConnection:
     async def _cleanup(self) -> None:
         for timer in self._timers:
             timer.cancel()
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
+        for task in (self._heartbeat_task, self._watchdog_task):
+            if task is not None:
+                task.cancel()
         self._abort()
         channels = list(self.channels.values())
         self.channels.clear()
@@ -255,6 +262,15 @@ class AMQPConnection:
                 channel.finish()
             return
         if isinstance(method, commands.Basic.Publish):
+            if self.server.blocked:
+                # As RabbitMQ under a disk alarm: stop reading from a publishing connection
+                # until there is room again (its other frames wait in the socket).
+                self._paused = True
+                try:
+                    await self.server.wait_unblocked()
+                finally:
+                    self._paused = False
+                    self._last_read = self.loop.time()
             self._content[number] = _Content(method)
             return
         await channel.inbox.put((method, None))
@@ -296,6 +312,16 @@ class AMQPConnection:
             props = framing.to_properties(pending.header.properties, pending.raw)
             content = (props, b"".join(pending.chunks))
         await channel.inbox.put((pending.method, content))
+
+    def notify_blocked(self, blocked: bool) -> None:
+        """Tell a client that asked for it that publishing is blocked (or free again)."""
+        if self.phase != "running" or self.closing or not self.blocked_notify:
+            return
+        if blocked:
+            method: Any = commands.Connection.Blocked("low on disk space")
+        else:
+            method = commands.Connection.Unblocked()
+        self.write(framing.method_frame(0, method))
 
     def channel_finished(self, channel: AMQPChannel) -> None:
         if self.channels.get(channel.number) is channel:
@@ -356,6 +382,7 @@ class AMQPConnection:
         self.user = user
         capabilities = (method.client_properties or {}).get("capabilities") or {}
         self.cancel_notify = bool(capabilities.get("consumer_cancel_notify"))
+        self.blocked_notify = bool(capabilities.get("connection.blocked"))
         self.phase = "tune"
         tune = commands.Connection.Tune(
             self.config.channel_max, self.config.frame_max, self.config.heartbeat
@@ -389,6 +416,9 @@ class AMQPConnection:
         )
         self.vhost = vhost
         self.phase = "running"
+        self._watchdog_task = self.loop.create_task(self._watchdog())
+        if self.server.blocked:
+            self.notify_blocked(True)
         self.write(framing.method_frame(0, commands.Connection.OpenOk()))
         log.info(
             "connection open %s user=%s vhost=%s",
@@ -398,6 +428,14 @@ class AMQPConnection:
             extra={"action": "connect", "peer": self.peer, "user": self.user, "vhost": vhost},
         )
 
+    async def _watchdog(self) -> None:
+        """Twice a second: close channels holding a delivery past its consumer timeout."""
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            now = self.loop.time()
+            for channel in list(self.channels.values()):
+                channel.check_consumer_timeout(now)
+
     async def _heartbeats(self) -> None:
         """Send a heartbeat when nothing else went out for half the timeout; drop a peer
         silent for two timeouts (RabbitMQ drops the socket with no Close)."""
@@ -405,7 +443,8 @@ class AMQPConnection:
         while True:
             await asyncio.sleep(min(interval / 2, 1.0))
             now = self.loop.time()
-            if now - self._last_read > 2 * self.heartbeat:
+            # A connection paused by a disk alarm is not read, so its silence proves nothing.
+            if not self._paused and now - self._last_read > 2 * self.heartbeat:
                 log.warning(
                     "missed heartbeats from %s, closing",
                     self.peer,

@@ -31,6 +31,7 @@ from .connection import AMQPConnection, is_loopback
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 10.0
+DISK_CHECK_INTERVAL_S = 1.0
 
 # Only what is implemented is advertised: clients switch features on from this table.
 CAPABILITIES = {
@@ -39,7 +40,8 @@ CAPABILITIES = {
     "consumer_cancel_notify": True,
     "per_consumer_qos": True,
     "authentication_failure_close": True,
-    "exchange_exchange_bindings": False,
+    "exchange_exchange_bindings": True,
+    "connection.blocked": True,
 }
 
 
@@ -54,6 +56,9 @@ class ServerConfig:
     frame_max: int = 131072
     channel_max: int = 2047
     durability: str = "full"
+    # Publishers are blocked while the broker file's disk has less free space (RabbitMQ's
+    # disk_free_limit default is 50 MB).
+    disk_free_limit: int = 50_000_000
 
     def vhost_paths(self) -> dict[str, str]:
         return {"/": self.db, **self.vhosts}
@@ -67,7 +72,10 @@ class Server:
         self._engine_lock = asyncio.Lock()
         self._server: asyncio.Server | None = None
         self._users = dict(config.users) or {"guest": "guest"}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.blocked = False
+        self._unblocked = asyncio.Event()
+        self._unblocked.set()
+        self._disk_task: asyncio.Task[None] | None = None
 
     def server_properties(self) -> dict[str, Any]:
         return {
@@ -97,9 +105,44 @@ class Server:
                 self._engines[vhost] = found
             return found
 
+    def set_blocked(self, blocked: bool, free: int | None = None) -> None:
+        """Enter or leave the disk alarm: publishers wait, consumers go on (acks free space)."""
+        if blocked == self.blocked:
+            return
+        self.blocked = blocked
+        if blocked:
+            self._unblocked.clear()
+            log.warning(
+                "disk alarm: %s bytes free, below %s: publishers blocked",
+                free,
+                self.config.disk_free_limit,
+                extra={"action": "blocked", "free": free},
+            )
+        else:
+            self._unblocked.set()
+            log.info("disk alarm cleared", extra={"action": "unblocked", "free": free})
+        for conn in list(self.connections):
+            conn.notify_blocked(blocked)
+
+    async def wait_unblocked(self) -> None:
+        await self._unblocked.wait()
+
+    async def _watch_disk(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.config.db))  # noqa: ASYNC240
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                stat = await loop.run_in_executor(None, os.statvfs, directory)
+                free = stat.f_bavail * stat.f_frsize
+                self.set_blocked(free < self.config.disk_free_limit, free)
+            except OSError as exc:
+                log.warning("disk check failed: %s", exc)
+            await asyncio.sleep(DISK_CHECK_INTERVAL_S)
+
     async def start(self) -> None:
         path = os.path.abspath(self.config.db)  # noqa: ASYNC240 - no I/O, string work
         await self.engine_for("/")  # open (and migrate) the file before accepting anyone
+        self._disk_task = asyncio.get_running_loop().create_task(self._watch_disk())
         self._server = await asyncio.start_server(
             self._accept, self.config.host, self.config.port, reuse_address=True
         )
@@ -127,6 +170,9 @@ class Server:
         self.connections.discard(conn)
 
     async def stop(self) -> None:
+        if self._disk_task is not None:
+            self._disk_task.cancel()
+        self._unblocked.set()  # paused readers go on to see the close
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -213,6 +259,7 @@ def main(args: Any) -> int:
         db=args.db,
         users=parse_pairs(users_env + list(args.user or []), ":", "--user"),
         vhosts=parse_pairs(list(args.vhost or []), "=", "--vhost"),
+        disk_free_limit=args.disk_free_limit,
     )
     try:
         asyncio.run(serve(config))
