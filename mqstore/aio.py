@@ -178,6 +178,9 @@ class AsyncChannel:
         self._waker: Callable[[], None] | None = None
         self._buffers: dict[str, asyncio.Queue[Any]] = {}
         self._return_callbacks: list[Callable[..., Any]] = []
+        # Held while a fetch is in flight: a cancel or close waits for it, so every lease
+        # it commits is tracked (and requeued by the close) instead of left stranded.
+        self._fetch_lock = asyncio.Lock()
 
     async def _run(self, steps: Steps) -> Any:
         try:
@@ -186,8 +189,19 @@ class AsyncChannel:
             await self._shutdown(exc)
             raise
 
+    async def _run_exclusive(self, steps: Steps) -> Any:
+        """Run ``steps`` with no fetch in flight; channel errors close it afterwards."""
+        async with self._fetch_lock:
+            try:
+                return await drive_async(steps, self.connection.engine.run_async)
+            except errors.ChannelClosedByBroker as exc:
+                error = exc
+        await self._shutdown(error)
+        raise error
+
     async def _shutdown(self, exc: errors.ChannelClosed | None) -> None:
-        self._stop_dispatcher()
+        async with self._fetch_lock:
+            self._stop_dispatcher()
         for tag, buffer in self._buffers.items():
             consumer = self._state.consumers.get(tag)
             if consumer is not None and not consumer.auto_ack:
@@ -374,7 +388,7 @@ class AsyncChannel:
         return str(tag)
 
     async def basic_cancel(self, consumer_tag: str) -> None:
-        await self._run(self._state.basic_cancel(consumer_tag))
+        await self._run_exclusive(self._state.basic_cancel(consumer_tag))
         buffer = self._buffers.pop(consumer_tag, None)
         if buffer is not None:
             buffer.put_nowait(_END)
@@ -434,7 +448,7 @@ class AsyncChannel:
             self._wake.clear()
             full = {t for t, b in self._buffers.items() if b.qsize() >= _BUFFER_LIMIT}
             try:
-                deliveries = await self._run(self._state.fetch(skip=full))
+                deliveries = await self._run_exclusive(self._state.fetch(skip=full))
             except errors.MqstoreError:
                 return
             for consumer in self._state.broker_cancelled:
