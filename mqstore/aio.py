@@ -91,7 +91,9 @@ class AsyncConnection:
         number = channel_number or next(self._numbers)
         while number in self._channels:
             number = next(self._numbers)
-        channel = AsyncChannel(self, ChannelState(number, self._session, self._settings))
+        state = ChannelState(number, self._session, self._settings)
+        state.now_ms = self.engine.clock.now_ms
+        channel = AsyncChannel(self, state)
         self._channels[number] = channel
         return channel
 
@@ -184,7 +186,9 @@ class AsyncChannel:
 
     async def _run(self, steps: Steps) -> Any:
         try:
-            return await drive_async(steps, self.connection.engine.run_async)
+            return await drive_async(
+                steps, self.connection.engine.run_async, self.connection.engine.post
+            )
         except errors.ChannelClosedByBroker as exc:
             await self._shutdown(exc)
             raise
@@ -193,7 +197,9 @@ class AsyncChannel:
         """Run ``steps`` with no fetch in flight; channel errors close it afterwards."""
         async with self._fetch_lock:
             try:
-                return await drive_async(steps, self.connection.engine.run_async)
+                return await drive_async(
+                    steps, self.connection.engine.run_async, self.connection.engine.post
+                )
             except errors.ChannelClosedByBroker as exc:
                 error = exc
         await self._shutdown(error)
@@ -209,7 +215,9 @@ class AsyncChannel:
                 # hand out messages that may already be redelivered elsewhere.
                 _drain(buffer)
             buffer.put_nowait(_END)
-        await drive_async(self._state.close(exc), self.connection.engine.run_async)
+        await drive_async(
+            self._state.close(exc), self.connection.engine.run_async, self.connection.engine.post
+        )
         self.connection._channels.pop(self.channel_number, None)
 
     @property

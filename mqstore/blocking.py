@@ -104,7 +104,9 @@ class BlockingConnection:
         number = channel_number or next(self._numbers)
         while number in self._channels:
             number = next(self._numbers)
-        channel = BlockingChannel(self, ChannelState(number, self._session, self._settings))
+        state = ChannelState(number, self._session, self._settings)
+        state.now_ms = self._engine.clock.now_ms
+        channel = BlockingChannel(self, state)
         self._channels[number] = channel
         return channel
 
@@ -175,7 +177,7 @@ class BlockingConnection:
             raise errors.ConnectionWrongStateError("Connection is closed")
 
     def _run(self, steps: Steps) -> Any:
-        return drive(steps, self._engine.run)
+        return drive(steps, self._engine.run, self._engine.post)
 
     def _run_once(self) -> int:
         done = 0

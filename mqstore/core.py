@@ -181,6 +181,36 @@ class QueueSettings:
     max_priority: int | None
 
 
+def feature_columns(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``mq_queues`` columns the queue features read in SQL, from (already validated)
+    queue arguments; None where the feature is off."""
+    dlx = args.get("x-dead-letter-exchange")
+    return {
+        "message_ttl_ms": _int_or_none(args.get("x-message-ttl")),
+        "max_length": _int_or_none(args.get("x-max-length")),
+        "max_length_bytes": _int_or_none(args.get("x-max-length-bytes")),
+        "dead_letter_exchange": dlx if isinstance(dlx, str) else None,
+        "delivery_limit": _int_or_none(args.get("x-delivery-limit")),
+        "expires_ms": _int_or_none(args.get("x-expires")),
+    }
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def message_expiration(expiration: Any) -> int | None:
+    """A message's ``expiration`` property as milliseconds (already checked at publish)."""
+    if expiration is None:
+        return None
+    try:
+        return max(0, int(expiration))
+    except (TypeError, ValueError):
+        return None
+
+
 def queue_settings(name: str, arguments: Mapping[str, Any] | None) -> QueueSettings:
     """Validate queue arguments as RabbitMQ does (406 naming the argument) and extract the
     ones the store needs as columns."""
@@ -197,6 +227,18 @@ def queue_settings(name: str, arguments: Mapping[str, Any] | None) -> QueueSetti
     for key in ("x-max-length", "x-max-length-bytes", "x-delivery-limit"):
         if key in args:
             _check_non_negative(key, name, args[key])
+    dlx = args.get("x-dead-letter-exchange")
+    if dlx is not None and not isinstance(dlx, str):
+        raise precondition(
+            f"invalid arg 'x-dead-letter-exchange' for {queue_desc(name)}: "
+            f"expected longstr, got {type(dlx).__name__}"
+        )
+    dlrk = args.get("x-dead-letter-routing-key")
+    if dlrk is not None and not isinstance(dlrk, str):
+        raise precondition(
+            f"invalid arg 'x-dead-letter-routing-key' for {queue_desc(name)}: "
+            f"expected longstr, got {type(dlrk).__name__}"
+        )
     if "x-overflow" in args and args["x-overflow"] not in OVERFLOW_MODES:
         raise precondition(f"invalid arg 'x-overflow' for {queue_desc(name)}: invalid_overflow")
     if "x-queue-type" in args and args["x-queue-type"] not in QUEUE_TYPES:

@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,10 +38,23 @@ MIN_UPKEEP_INTERVAL_S = 0.02
 # transactions): PRAGMA data_version is polled this often while consumers wait.
 CROSS_PROCESS_POLL_S = 0.025
 IDLE_POLL_S = 0.1
+# At most this many extra expiry sweeps (store.EXPIRY_BATCH each) per upkeep round.
+SWEEP_ROUNDS = 20
 
 
 class _Op:
-    __slots__ = ("args", "done", "error", "fn", "future", "kwargs", "loop", "result", "sync")
+    __slots__ = (
+        "args",
+        "done",
+        "error",
+        "fn",
+        "future",
+        "kwargs",
+        "loop",
+        "on_done",
+        "result",
+        "sync",
+    )
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, sync: bool) -> None:
         self.fn = fn
@@ -52,9 +66,12 @@ class _Op:
         self.error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.future: asyncio.Future[Any] | None = None
+        self.on_done: Callable[[Any, BaseException | None], None] | None = None
 
     def finish(self) -> None:
         self.done = True
+        if self.on_done is not None:
+            self.on_done(self.result, self.error)
         if self.future is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(_settle, self.future, self.result, self.error)
 
@@ -83,6 +100,11 @@ def _call(tx: store.Txn, op: _Op) -> Any:
     except Exception as exc:
         op.error = exc
         return None
+
+
+def _forget_listener(tx: store.Txn, name: str | None) -> None:
+    if name is not None:
+        tx.conn.execute(sql.DELETE_LISTENER, (name,))
 
 
 def process_start_time(pid: int) -> str | None:
@@ -239,8 +261,6 @@ class Engine:
         """As :meth:`run`, awaited; the commit happens on the flush thread."""
         self._check_usable()
         op = _Op(fn, args, kwargs, sync)
-        if not sync and self._try_inline(op):
-            return op.outcome()
         loop = asyncio.get_running_loop()
         op.loop = loop
         op.future = loop.create_future()
@@ -250,22 +270,17 @@ class Engine:
                 self._kick.set()
         return await op.future
 
-    def _try_inline(self, op: _Op) -> bool:
-        """Run an operation that needs no fsync on the caller's thread when the engine is
-        idle and the write lock is free at once (tens of microseconds): an event loop
-        then skips two thread hand-offs. Returns False to fall back to the flush thread."""
+    def post(self, call: Any) -> None:
+        """Queue ``call`` (a state.Call) for the next group commit without waiting; its
+        ``on_done(result, error)`` runs once it was committed. Operations from one thread
+        still run in the order they were queued."""
+        self._check_usable()
+        op = _Op(call.fn, tuple(call.args), dict(call.kwargs), call.sync)
+        op.on_done = call.on_done
         with self._cond:
-            if self._leader or self._pending:
-                return False
-            self._leader = True
-        try:
-            return self._execute([op], nowait=True)
-        finally:
-            with self._cond:
-                self._leader = False
-                self._cond.notify_all()
-                if self._pending:
-                    self._kick.set()
+            self._pending.append(op)
+            if not self._leader:
+                self._kick.set()
 
     def _lead(self, until: _Op | None) -> None:
         """Commit batches until ``until`` is done (or, for the flush thread, until idle)."""
@@ -302,24 +317,8 @@ class Engine:
                 self._leader = True
             self._lead(until=None)
 
-    def _begin(self, nowait: bool) -> bool:
-        if not nowait:
-            self._conn.execute("BEGIN IMMEDIATE")
-            return True
-        self._conn.execute("PRAGMA busy_timeout=0")
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
-                return False
-            raise
-        finally:
-            self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        return True
-
-    def _execute(self, batch: list[_Op], nowait: bool = False) -> bool:
-        """Run ``batch`` in one transaction. With ``nowait``, give up (returning False,
-        nothing run) if another process holds the write lock."""
+    def _execute(self, batch: list[_Op]) -> None:
+        """Run ``batch`` in one transaction (each operation behind a savepoint)."""
         conn = self._conn
         tx = store.Txn(conn, self.clock.now_ms(), self.clock.wall_ms())
         tx.low_disk = self.disk.low()
@@ -332,8 +331,7 @@ class Engine:
                     "PRAGMA synchronous=FULL" if sync_full else "PRAGMA synchronous=NORMAL"
                 )
                 self._sync_full = sync_full
-            if not self._begin(nowait):
-                return False
+            conn.execute("BEGIN IMMEDIATE")
             if len(batch) == 1:
                 # A lone operation that fails is rolled back whole, no savepoint needed.
                 op = batch[0]
@@ -371,7 +369,8 @@ class Engine:
             self.notify()
         if tx.shortest_lease_ms is not None:
             self._lease_taken(tx.shortest_lease_ms)
-        return True
+        # This process writes: take the checkpointer role if it is free (it follows writes).
+        self.checkpointer.follow_writes(conn, wrote=True, now=time.monotonic())
 
     def _check_usable(self) -> None:
         if os.getpid() != self._pid:
@@ -496,15 +495,24 @@ class Engine:
                 )
                 store.close_session(tx, session_id)
 
-    def _upkeep_step(self, tx: store.Txn) -> None:
+    def _upkeep_step(self, tx: store.Txn) -> int:
         self._refresh_peers(tx)
         store.renew(tx, dict(self._sessions))
         store.requeue_expired(tx)
+        swept = store.sweep(tx)  # message TTLs (dead-lettering) and unused queues (x-expires)
         self._reap(tx)
+        return swept
 
     def upkeep(self) -> None:
-        """Heartbeat, renew own leases, requeue expired ones, reclaim dead processes'."""
-        self.run(self._upkeep_step)
+        """Heartbeat, renew own leases, requeue expired ones, reclaim dead processes';
+        expire messages and unused queues."""
+        swept = self.run(self._upkeep_step)
+        # A backlog of expired messages: work it off in bounded transactions, so the write
+        # lock is never held for long.
+        for _ in range(SWEEP_ROUNDS):
+            if swept < store.EXPIRY_BATCH:
+                break
+            swept = self.run(store.sweep)
 
     def checkpoint(self) -> tuple[int, int, int] | None:
         """Checkpoint the WAL if this process is the file's checkpointer and it has grown.
@@ -514,6 +522,7 @@ class Engine:
                 self._cond.wait()
             self._leader = True
         try:
+            self.checkpointer.follow_writes(self._conn, wrote=False, now=time.monotonic())
             return self.checkpointer.maybe_checkpoint(self._conn)
         except sqlite3.Error as exc:
             raise _map_sqlite_error(exc, self.path) from exc
@@ -548,12 +557,13 @@ class Engine:
     def close(self) -> None:
         if self._closed or os.getpid() != self._pid:
             return
+        name = self._listener.name if self._listener is not None else None
+        try:
+            # Runs after (so commits) every posted operation still queued.
+            self.run(_forget_listener, name)
+        except errors.MqstoreError:
+            pass  # others drop the listener when their wake-up is refused
         if self._listener is not None:
-            name = self._listener.name
-            try:
-                self.run(lambda tx: tx.conn.execute(sql.DELETE_LISTENER, (name,)))
-            except errors.MqstoreError:
-                pass  # others drop it when their wake-up is refused
             self._listener.close()
             self._listener = None
         self._stop.set()

@@ -101,6 +101,21 @@ queues = Table(
     Column("consumer_timeout_ms", Integer, nullable=False),
     Column("max_priority", Integer, nullable=True),
     Column("created_at_ms", Integer, nullable=False),
+    # Queue features (docs/queue-features.md); NULL: the feature is off for this queue.
+    Column("message_ttl_ms", Integer, nullable=True),  # x-message-ttl
+    Column("max_length", Integer, nullable=True),  # x-max-length
+    Column("max_length_bytes", Integer, nullable=True),  # x-max-length-bytes
+    Column("dead_letter_exchange", String, nullable=True),  # x-dead-letter-exchange
+    Column("delivery_limit", Integer, nullable=True),  # x-delivery-limit
+    Column("expires_ms", Integer, nullable=True),  # x-expires
+    # Wall-clock deadline after which an unused queue is deleted (x-expires).
+    Column("expires_at_ms", Integer, nullable=True),
+)
+# Unused queues by deadline, for the queue-expiry sweep.
+Index(
+    "ix_mq_queues_expiry",
+    queues.c.expires_at_ms,
+    sqlite_where=queues.c.expires_at_ms.is_not(None),
 )
 
 bindings = Table(
@@ -181,6 +196,9 @@ entries = Table(
     Column("lease_owner", Integer, nullable=True),
     Column("leased_at_ms", Integer, nullable=True),
     Column("lease_expires_at_ms", Integer, nullable=True),
+    # Wall-clock time the message expires in this queue (x-message-ttl, expiration); NULL:
+    # never.
+    Column("expires_at_ms", Integer, nullable=True),
 )
 # The head of each queue: ready entries in delivery order. Leasing reads only this index.
 Index(
@@ -201,6 +219,13 @@ Index(
     "ix_mq_entries_lease_owner",
     entries.c.lease_owner,
     sqlite_where=entries.c.lease_token.is_not(None),
+)
+# Ready entries with a TTL by deadline, for the expiry sweep (entries without one are not
+# in it, so a publish without TTL pays nothing).
+Index(
+    "ix_mq_entries_expiry",
+    entries.c.expires_at_ms,
+    sqlite_where=entries.c.expires_at_ms.is_not(None) & entries.c.lease_token.is_(None),
 )
 # All entries of a queue (counts, purge, delete) and of a message (the release trigger).
 Index("ix_mq_entries_queue_id", entries.c.queue_id)

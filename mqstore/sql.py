@@ -6,7 +6,7 @@ comments; tests/unit/test_sql_plans.py checks those plans with EXPLAIN QUERY PLA
 
 # --- exchanges ----------------------------------------------------------------------------
 SELECT_EXCHANGE = (
-    "SELECT name, type, durable, auto_delete, internal FROM mq_exchanges WHERE name = ?"
+    "SELECT name, type, durable, auto_delete, internal, arguments FROM mq_exchanges WHERE name = ?"
 )
 INSERT_EXCHANGE = (
     "INSERT INTO mq_exchanges (name, type, durable, auto_delete, internal, arguments, "
@@ -26,14 +26,29 @@ DELETE_UNUSED_AUTO_DELETE_EXCHANGE = (
 )
 
 # --- queues -------------------------------------------------------------------------------
-SELECT_QUEUE = (
-    "SELECT id, name, durable, exclusive_owner, auto_delete, arguments, "
-    "visibility_timeout_ms, consumer_timeout_ms, max_priority FROM mq_queues WHERE name = ?"
+_QUEUE_COLUMNS = (
+    "id, name, durable, exclusive_owner, auto_delete, arguments, visibility_timeout_ms, "
+    "consumer_timeout_ms, max_priority, message_ttl_ms, max_length, max_length_bytes, "
+    "dead_letter_exchange, delivery_limit, expires_ms, expires_at_ms"
 )
+SELECT_QUEUE = f"SELECT {_QUEUE_COLUMNS} FROM mq_queues WHERE name = ?"
+SELECT_QUEUE_BY_ID = f"SELECT {_QUEUE_COLUMNS} FROM mq_queues WHERE id = ?"
 INSERT_QUEUE = (
     "INSERT INTO mq_queues (name, durable, exclusive_owner, auto_delete, arguments, "
-    "visibility_timeout_ms, consumer_timeout_ms, max_priority, created_at_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+    "visibility_timeout_ms, consumer_timeout_ms, max_priority, created_at_ms, "
+    "message_ttl_ms, max_length, max_length_bytes, dead_letter_exchange, delivery_limit, "
+    "expires_ms, expires_at_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+)
+# x-expires: a use of the queue (redeclare, basic.get, a consumer leaving) restarts its timer.
+TOUCH_QUEUE = (
+    "UPDATE mq_queues SET expires_at_ms = ? + expires_ms WHERE id = ? AND expires_ms IS NOT NULL"
+)
+# Unused queues past their x-expires deadline (ix_mq_queues_expiry).
+SELECT_EXPIRED_QUEUES = (
+    "SELECT id FROM mq_queues INDEXED BY ix_mq_queues_expiry "
+    "WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ? "
+    "AND NOT EXISTS (SELECT 1 FROM mq_consumers c WHERE c.queue_id = mq_queues.id) LIMIT ?"
 )
 DELETE_QUEUE = "DELETE FROM mq_queues WHERE id = ?"
 # Ready messages (RabbitMQ's message_count excludes unacked ones): ix_mq_entries_ready.
@@ -70,28 +85,82 @@ DELETE_EXCHANGE_BINDING = (
 )
 # The exchanges a publish to this one goes on to (the unique index's source prefix).
 ROUTE_EXCHANGES = (
-    "SELECT b.destination, e.type, b.routing_key, b.arguments FROM mq_exchange_bindings b "
+    "SELECT b.destination, e.type, b.routing_key, b.arguments, e.arguments "
+    "FROM mq_exchange_bindings b "
     "JOIN mq_exchanges e ON e.name = b.destination WHERE b.source = ?"
 )
 
 # --- routing (publish) --------------------------------------------------------------------
+# Each route statement returns, per target queue, what a publish needs to store an entry:
+# id, max_priority, message_ttl_ms, max_length, max_length_bytes (NULL: feature off).
 # Default exchange: the queue named by the routing key (sqlite_autoindex on name).
-ROUTE_DEFAULT = "SELECT id, max_priority FROM mq_queues WHERE name = ?"
+ROUTE_DEFAULT = (
+    "SELECT id, max_priority, message_ttl_ms, max_length, max_length_bytes "
+    "FROM mq_queues WHERE name = ?"
+)
 # Direct: bindings with exactly this key (the unique index on exchange, routing_key, ...).
 ROUTE_DIRECT = (
-    "SELECT DISTINCT b.queue_id, q.max_priority FROM mq_bindings b "
+    "SELECT DISTINCT b.queue_id, q.max_priority, q.message_ttl_ms, q.max_length, "
+    "q.max_length_bytes FROM mq_bindings b "
     "JOIN mq_queues q ON q.id = b.queue_id WHERE b.exchange = ? AND b.routing_key = ?"
 )
 # Fanout, topic, headers: every binding of the exchange, matched in Python.
 ROUTE_ALL = (
-    "SELECT b.queue_id, q.max_priority, b.routing_key, b.arguments FROM mq_bindings b "
+    "SELECT b.queue_id, q.max_priority, q.message_ttl_ms, q.max_length, q.max_length_bytes, "
+    "b.routing_key, b.arguments FROM mq_bindings b "
     "JOIN mq_queues q ON q.id = b.queue_id WHERE b.exchange = ?"
 )
+# The queues a dead-lettered message reached, by name (cycle detection).
+SELECT_QUEUE_NAME = "SELECT name FROM mq_queues WHERE id = ?"
 INSERT_MESSAGE = (
     "INSERT INTO mq_messages (exchange, routing_key, properties, body, published_at_ms, "
     "amqp_properties) VALUES (?, ?, ?, ?, ?, ?)"
 )
 INSERT_ENTRY = "INSERT INTO mq_entries (queue_id, message_id, priority) VALUES (?, ?, ?)"
+# An entry that expires (x-message-ttl, expiration): enters ix_mq_entries_expiry.
+INSERT_ENTRY_TTL = (
+    "INSERT INTO mq_entries (queue_id, message_id, priority, expires_at_ms) VALUES (?, ?, ?, ?)"
+)
+
+# --- length limits (x-max-length, x-max-length-bytes) --------------------------------------
+# Ready entries, counted up to a bound (ix_mq_entries_ready): x-max-length counts ready
+# messages only, as RabbitMQ does.
+COUNT_READY_UPTO = (
+    "SELECT count(*) FROM (SELECT 1 FROM mq_entries INDEXED BY ix_mq_entries_ready "
+    "WHERE queue_id = ? AND lease_token IS NULL LIMIT ?)"
+)
+# Ready entries and their body bytes (ix_mq_entries_ready, then the message by primary key).
+COUNT_READY_BYTES = (
+    "SELECT count(*), coalesce(sum(length(m.body)), 0) "
+    "FROM mq_entries e INDEXED BY ix_mq_entries_ready JOIN mq_messages m ON m.id = e.message_id "
+    "WHERE e.queue_id = ? AND e.lease_token IS NULL"
+)
+# The head of a queue, in delivery order, with body sizes (drop-head).
+SELECT_HEAD = (
+    "SELECT e.id, length(m.body) "
+    "FROM mq_entries e INDEXED BY ix_mq_entries_ready JOIN mq_messages m ON m.id = e.message_id "
+    "WHERE e.queue_id = ? AND e.lease_token IS NULL ORDER BY e.priority DESC, e.id LIMIT ?"
+)
+
+# --- expiry and dead-lettering ---------------------------------------------------------------
+# Ready entries past their TTL, oldest deadline first (ix_mq_entries_expiry).
+SELECT_EXPIRED = (
+    "SELECT id, queue_id FROM mq_entries INDEXED BY ix_mq_entries_expiry "
+    "WHERE expires_at_ms IS NOT NULL AND lease_token IS NULL AND expires_at_ms <= ? "
+    "ORDER BY expires_at_ms LIMIT ?"
+)
+# The message of an entry, to dead-letter it (primary keys).
+SELECT_ENTRY_MESSAGE = (
+    "SELECT m.exchange, m.routing_key, m.properties, m.body FROM mq_entries e "
+    "JOIN mq_messages m ON m.id = e.message_id WHERE e.id = ?"
+)
+# Reject/nack without requeue on a queue with no dead-letter exchange: delete (primary key).
+REJECT_ENTRY = (
+    "DELETE FROM mq_entries WHERE id = ? AND lease_token = ? AND (SELECT dead_letter_exchange "
+    "FROM mq_queues q WHERE q.id = mq_entries.queue_id) IS NULL"
+)
+# Otherwise: the lease is still held, and the entry's queue is to dead-letter it.
+SELECT_LEASED_QUEUE = "SELECT queue_id FROM mq_entries WHERE id = ? AND lease_token = ?"
 
 # --- leasing ------------------------------------------------------------------------------
 # The head of a queue: ready entries in priority then FIFO order (ix_mq_entries_ready).
@@ -99,7 +168,9 @@ SELECT_READY = (
     "SELECT e.id, e.delivery_count, m.exchange, m.routing_key, m.properties, m.body, "
     "m.amqp_properties "
     "FROM mq_entries e INDEXED BY ix_mq_entries_ready JOIN mq_messages m ON m.id = e.message_id "
-    "WHERE e.queue_id = ? AND e.lease_token IS NULL ORDER BY e.priority DESC, e.id LIMIT ?"
+    "WHERE e.queue_id = ? AND e.lease_token IS NULL "
+    "AND (e.expires_at_ms IS NULL OR e.expires_at_ms > ?) "
+    "ORDER BY e.priority DESC, e.id LIMIT ?"
 )
 LEASE_ENTRIES = (
     "UPDATE mq_entries SET lease_token = ?, lease_owner = ?, leased_at_ms = ?, "
@@ -109,22 +180,29 @@ LEASE_ENTRIES = (
 DELETE_ENTRIES = "DELETE FROM mq_entries WHERE id IN (SELECT value FROM json_each(?))"
 # Ack: only the holder of the current lease token may delete (fencing), by primary key.
 ACK_ENTRY = "DELETE FROM mq_entries WHERE id = ? AND lease_token = ?"
-# Requeue: clear the lease, keep the id so the message keeps its place in the queue.
+ENTRY_EXISTS = "SELECT 1 FROM mq_entries WHERE id = ?"
+# Requeue: clear the lease, keep the id so the message keeps its place in the queue. Every
+# requeue returns (queue, entry, over its queue's x-delivery-limit?): a NULL limit is never
+# exceeded.
+_RETURNING_OVER_LIMIT = (
+    "RETURNING queue_id, id, delivery_count > (SELECT delivery_limit FROM mq_queues q "
+    "WHERE q.id = mq_entries.queue_id)"
+)
 REQUEUE_ENTRY = (
     "UPDATE mq_entries SET lease_token = NULL, lease_owner = NULL, leased_at_ms = NULL, "
-    "lease_expires_at_ms = NULL WHERE id = ? AND lease_token = ? RETURNING queue_id"
+    "lease_expires_at_ms = NULL WHERE id = ? AND lease_token = ? " + _RETURNING_OVER_LIMIT
 )
 # A closed or dead connection's leases (ix_mq_entries_lease_owner).
 REQUEUE_OWNER = (
     "UPDATE mq_entries SET lease_token = NULL, lease_owner = NULL, leased_at_ms = NULL, "
     "lease_expires_at_ms = NULL WHERE lease_owner = ? AND lease_token IS NOT NULL "
-    "RETURNING queue_id"
+    + _RETURNING_OVER_LIMIT
 )
 # Leases past their deadline (ix_mq_entries_lease_expiry).
 REQUEUE_EXPIRED = (
     "UPDATE mq_entries SET lease_token = NULL, lease_owner = NULL, leased_at_ms = NULL, "
     "lease_expires_at_ms = NULL WHERE lease_token IS NOT NULL AND lease_expires_at_ms <= ? "
-    "RETURNING queue_id"
+    + _RETURNING_OVER_LIMIT
 )
 # A live owner extends its leases, unless a delivery has outlived the consumer timeout.
 RENEW_OWNER = (
@@ -136,7 +214,7 @@ RENEW_OWNER = (
 )
 VOID_ALL_LEASES = (
     "UPDATE mq_entries SET lease_token = NULL, lease_owner = NULL, leased_at_ms = NULL, "
-    "lease_expires_at_ms = NULL WHERE lease_token IS NOT NULL"
+    "lease_expires_at_ms = NULL WHERE lease_token IS NOT NULL " + _RETURNING_OVER_LIMIT
 )
 
 # --- sessions and consumers ---------------------------------------------------------------

@@ -44,6 +44,10 @@ class Call:
     args: tuple = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     sync: bool = False
+    # Fire and forget: queued for the next group commit; ``on_done(result, error)`` is
+    # called (on the committing thread) once it ran. Used for acks, as AMQP's are.
+    post: bool = False
+    on_done: Any = None
 
 
 Steps = Generator[Call, Any, Any]
@@ -56,6 +60,8 @@ class Unacked:
     consumer_tag: str | None
     # The queue's consumer timeout: the AMQP server closes the channel (406) past it.
     consumer_timeout_ms: int = 0
+    leased_at_ms: int = 0
+    lease_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -102,6 +108,10 @@ class ChannelState:
         self._tags = itertools.count(1)
         self._consumer_counter = itertools.count(1)
         self._round = 0
+        # The engine's lease clock (set by the face); without it no ack is deferred.
+        self.now_ms: Any = None
+        # An error of a deferred ack, raised by the channel's next operation.
+        self.deferred_error: errors.MqstoreError | None = None
 
     @property
     def _durable_sync(self) -> bool:
@@ -111,6 +121,9 @@ class ChannelState:
         if not self.is_open:
             reason = f": {self.close_reason}" if self.close_reason else ""
             raise errors.ChannelWrongStateError(f"Channel {self.number} is closed{reason}")
+        if self.deferred_error is not None:
+            error, self.deferred_error = self.deferred_error, None
+            raise error
 
     # --- exchanges and queues -------------------------------------------------------------
 
@@ -272,12 +285,27 @@ class ChannelState:
         fields = properties.fields() if properties is not None else {}
         core.check_expiration(fields.get("expiration"))
         encoded = codec.encode_properties(fields) if fields else None
+        extra: dict[str, Any] = {}
+        if amqp_properties is not None:
+            extra["amqp_properties"] = amqp_properties
+        if "expiration" in fields:
+            extra["expiration"] = core.message_expiration(fields["expiration"])
         routed = yield Call(
             store.publish,
             (xname, key, data, encoded, fields.get("priority") or 0, fields.get("headers")),
-            dict(amqp_properties=amqp_properties) if amqp_properties is not None else {},
+            extra,
             sync=self._durable_sync,
         )
+        if isinstance(routed, store.Refused):
+            queues = ", ".join(core.queue_desc(q) for q in routed.queues)
+            also = f"; stored in {routed.routed} other queue(s)" if routed.routed else ""
+            refused = ReturnedMessage(
+                Return(0, "REJECT_PUBLISH", xname, key), properties or BasicProperties(), data
+            )
+            raise errors.NackError(
+                [refused],
+                f"publish refused: {queues} is full (x-overflow reject-publish){also}",
+            )
         if routed or not mandatory:
             return None
         method = Return(312, "NO_ROUTE", xname, key)
@@ -353,6 +381,7 @@ class ChannelState:
         in one transaction; returns ``(consumer, Deliver, BasicProperties, body)`` tuples."""
         if not self.is_open or not self.consumers:
             return []
+        self.check_open()  # raises a deferred ack's error
         consumers = list(self.consumers.values())
         start = self._round % len(consumers)
         self._round += 1
@@ -422,6 +451,8 @@ class ChannelState:
                 message.token,
                 consumer.tag if consumer else None,
                 message.consumer_timeout_ms,
+                message.leased_at_ms,
+                message.lease_ms,
             )
             if consumer is not None:
                 consumer.unacked += 1
@@ -449,21 +480,48 @@ class ChannelState:
                 consumer.unacked -= 1
         return taken
 
+    def _fresh(self, taken: list[tuple[int, Unacked]]) -> bool:
+        """True when every lease is far from any deadline, so it cannot have been lost
+        (a live connection renews it): its ack may then be committed later."""
+        if self.now_ms is None:
+            return False
+        now = self.now_ms()
+        for _, item in taken:
+            bound = min(item.lease_ms, item.consumer_timeout_ms or item.lease_ms)
+            if not item.lease_ms or now - item.leased_at_ms >= bound // 2:
+                return False
+        return True
+
+    def _deferred_done(self, taken: list[tuple[int, Unacked]]) -> Any:
+        def done(stale: Any, error: BaseException | None) -> None:
+            if isinstance(error, errors.MqstoreError):
+                self.deferred_error = error
+            elif stale:
+                self.deferred_error = _lease_lost(taken, stale, ack=True)
+
+        return done
+
     def _settle(self, taken: list[tuple[int, Unacked]], *, ack: bool, requeue: bool) -> Steps:
         if not taken:
             return None
         pairs = [(u.entry_id, u.token) for _, u in taken]
+        if ack and self._fresh(taken):
+            # Like an AMQP ack: no round trip. Group commits batch many of them; a failure
+            # (practically impossible for a fresh lease) is raised by the next operation.
+            yield Call(
+                store.ack,
+                (pairs,),
+                dict(missing_ok=True),
+                post=True,
+                on_done=self._deferred_done(taken),
+            )
+            return None
         if ack:
             stale = yield Call(store.ack, (pairs,))
         else:
             stale = yield Call(store.release, (pairs,), dict(requeue=requeue))
         if stale:
-            lost = sorted(t for t, u in taken if (u.entry_id, u.token) in set(stale))
-            raise errors.LeaseLostError(
-                f"PRECONDITION_FAILED - delivery tag {lost[0]} lease lost: the delivery "
-                "outlived its lease and may have been redelivered; "
-                f"{'ack' if ack else 'nack'} refused"
-            )
+            raise _lease_lost(taken, stale, ack=ack)
         return None
 
     def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> Steps:
@@ -539,8 +597,20 @@ def _properties(message: LeasedMessage) -> BasicProperties:
     return properties
 
 
-def drive(steps: Steps, run: Any) -> Any:
-    """Run a channel operation to completion with a blocking ``run(fn, *args, sync, **kw)``."""
+def _lease_lost(
+    taken: list[tuple[int, Unacked]], stale: Any, *, ack: bool
+) -> errors.LeaseLostError:
+    stale_pairs = {tuple(pair) for pair in stale}
+    lost = sorted(t for t, u in taken if (u.entry_id, u.token) in stale_pairs)
+    return errors.LeaseLostError(
+        f"PRECONDITION_FAILED - delivery tag {lost[0]} lease lost: the delivery outlived its "
+        f"lease and may have been redelivered; {'ack' if ack else 'nack'} refused"
+    )
+
+
+def drive(steps: Steps, run: Any, post: Any = None) -> Any:
+    """Run a channel operation to completion with a blocking ``run(fn, *args, sync, **kw)``
+    (and ``post(call)`` for fire-and-forget calls)."""
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -549,13 +619,16 @@ def drive(steps: Steps, run: Any) -> Any:
         except StopIteration as stop:
             return stop.value
         value, error = None, None
+        if call.post and post is not None:
+            post(call)
+            continue
         try:
             value = run(call.fn, *call.args, sync=call.sync, **call.kwargs)
         except errors.MqstoreError as exc:
             error = exc
 
 
-async def drive_async(steps: Steps, run_async: Any) -> Any:
+async def drive_async(steps: Steps, run_async: Any, post: Any = None) -> Any:
     """As :func:`drive`, awaiting each store operation."""
     value: Any = None
     error: BaseException | None = None
@@ -565,6 +638,9 @@ async def drive_async(steps: Steps, run_async: Any) -> Any:
         except StopIteration as stop:
             return stop.value
         value, error = None, None
+        if call.post and post is not None:
+            post(call)
+            continue
         try:
             value = await run_async(call.fn, *call.args, sync=call.sync, **call.kwargs)
         except errors.MqstoreError as exc:

@@ -9,13 +9,24 @@ queues it made deliverable in ``tx.touched`` so waiting consumers are woken afte
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from . import codec, core, errors, routing, sql
 from .types import LeasedMessage, QueueDeclareOk
+
+log = logging.getLogger(__name__)
+
+# Expired entries and unused queues handled per sweep (one transaction), so a backlog is
+# worked off in bounded steps; SELECT_READY skips expired entries a sweep has not reached.
+EXPIRY_BATCH = 500
+# Dead-lettering that triggers more dead-lettering (a full DLX target dropping its head ...)
+# stops at this depth: cycle detection ends every loop, this only bounds a pathological chain.
+MAX_DEAD_LETTER_DEPTH = 32
 
 
 @dataclass(slots=True)
@@ -105,20 +116,42 @@ def _queue_row(tx: Txn, name: str) -> dict[str, Any] | None:
     row = tx.conn.execute(sql.SELECT_QUEUE, (name,)).fetchone()
     if row is None:
         return None
-    keys = (
-        "id",
-        "name",
-        "durable",
-        "exclusive_owner",
-        "auto_delete",
-        "arguments",
-        "visibility_timeout_ms",
-        "consumer_timeout_ms",
-        "max_priority",
-    )
-    queue = dict(zip(keys, row, strict=True))
+    queue = _queue_dict(row)
+    expires_at = queue["expires_at_ms"]
+    if expires_at is not None and expires_at <= tx.wall_ms and _expire_queue(tx, queue["id"]):
+        return None  # unused past its x-expires: gone, as if the sweep had run
+    return queue
+
+
+_QUEUE_KEYS = (
+    "id",
+    "name",
+    "durable",
+    "exclusive_owner",
+    "auto_delete",
+    "arguments",
+    "visibility_timeout_ms",
+    "consumer_timeout_ms",
+    "max_priority",
+    "message_ttl_ms",
+    "max_length",
+    "max_length_bytes",
+    "dead_letter_exchange",
+    "delivery_limit",
+    "expires_ms",
+    "expires_at_ms",
+)
+
+
+def _queue_dict(row: Sequence[Any]) -> dict[str, Any]:
+    queue = dict(zip(_QUEUE_KEYS, row, strict=True))
     queue["arguments"] = codec.decode_table(queue["arguments"]) if queue["arguments"] else {}
     return queue
+
+
+def _queue_by_id(tx: Txn, queue_id: int) -> dict[str, Any] | None:
+    row = tx.conn.execute(sql.SELECT_QUEUE_BY_ID, (queue_id,)).fetchone()
+    return None if row is None else _queue_dict(row)
 
 
 def _accessible_queue(tx: Txn, session: int, name: str) -> dict[str, Any]:
@@ -162,7 +195,10 @@ def queue_declare(
         core.check_queue_equivalence(
             name, queue, durable=durable, auto_delete=auto_delete, arguments=arguments
         )
+        _touch_queue(tx, queue)
         return QueueDeclareOk(name, *_counts(tx, queue["id"]))
+    features = core.feature_columns(arguments or {})
+    expires_ms = features["expires_ms"]
     tx.conn.execute(
         sql.INSERT_QUEUE,
         (
@@ -175,9 +211,32 @@ def queue_declare(
             settings.consumer_timeout_ms,
             settings.max_priority,
             tx.wall_ms,
+            features["message_ttl_ms"],
+            features["max_length"],
+            features["max_length_bytes"],
+            features["dead_letter_exchange"],
+            features["delivery_limit"],
+            expires_ms,
+            None if expires_ms is None else tx.wall_ms + expires_ms,
         ),
     ).fetchone()
     return QueueDeclareOk(name, 0, 0)
+
+
+def _touch_queue(tx: Txn, queue: Mapping[str, Any]) -> None:
+    """x-expires: the queue was used (redeclared, basic.get); restart its timer."""
+    if queue["expires_ms"] is not None:
+        tx.conn.execute(sql.TOUCH_QUEUE, (tx.wall_ms, queue["id"]))
+
+
+def _expire_queue(tx: Txn, queue_id: int) -> bool:
+    """Delete a queue past its x-expires deadline unless it has consumers. Its messages are
+    not dead-lettered (RabbitMQ's rule)."""
+    if tx.conn.execute(sql.COUNT_CONSUMERS, (queue_id,)).fetchone()[0]:
+        return False
+    _drop_queue(tx, queue_id)
+    tx.conn.execute(sql.INCREMENT_COUNTER, ("queues_expired", 1))
+    return True
 
 
 def _drop_queue(tx: Txn, queue_id: int) -> None:
@@ -295,15 +354,19 @@ def exchange_unbind(
 
 # --- publish ------------------------------------------------------------------------------
 
+# What a route gives per target queue: (max_priority, message_ttl_ms, max_length,
+# max_length_bytes), the columns of sql.ROUTE_*; None where the feature is off.
+Target = tuple[int | None, int | None, int | None, int | None]
+
 
 def _route(
     tx: Txn, exchange: str, routing_key: str, headers: Mapping[str, Any] | None
-) -> list[tuple[int, int | None]]:
-    """(queue id, max priority) of every queue the message goes to."""
+) -> dict[int, Target]:
+    """Every queue the message goes to (queue id -> Target)."""
     conn = tx.conn
     if exchange == "":
         row = conn.execute(sql.ROUTE_DEFAULT, (routing_key,)).fetchone()
-        return [row] if row else []
+        return {row[0]: row[1:]} if row else {}
     row = conn.execute(sql.SELECT_EXCHANGE, (exchange,)).fetchone()
     if row is None:
         raise core.no_exchange(exchange)
@@ -311,24 +374,56 @@ def _route(
         raise errors.AccessRefusedError(
             f"ACCESS_REFUSED - cannot publish to internal {core.exchange_desc(exchange)}"
         )
-    targets: dict[int, int | None] = {}
+    return _route_from(tx, exchange, row[1], row[5], routing_key, headers)
+
+
+def _route_from(
+    tx: Txn,
+    exchange: str,
+    kind: str,
+    arguments: str | None,
+    routing_key: str,
+    headers: Mapping[str, Any] | None,
+) -> dict[int, Target]:
+    conn = tx.conn
+    targets: dict[int, Target] = {}
     # Exchange-to-exchange bindings: route on through every destination the message
-    # matches, each exchange once (bindings may form cycles).
-    pending = [(exchange, row[1])]
+    # matches, each exchange once (bindings may form cycles). An exchange whose bindings
+    # take the message nowhere hands it to its alternate exchange, as RabbitMQ does.
+    pending = [(exchange, kind, arguments)]
     seen = {exchange}
     while pending:
-        name, kind = pending.pop()
+        name, kind, args_text = pending.pop()
+        matched = False
         if kind == "direct":
-            targets.update(conn.execute(sql.ROUTE_DIRECT, (name, routing_key)).fetchall())
+            for queue_id, *target in conn.execute(sql.ROUTE_DIRECT, (name, routing_key)):
+                targets[queue_id] = tuple(target)  # type: ignore[assignment]
+                matched = True
         else:
-            for queue_id, max_priority, key, args in conn.execute(sql.ROUTE_ALL, (name,)):
-                if queue_id not in targets and _matches(kind, key, args, routing_key, headers):
-                    targets[queue_id] = max_priority
-        for destination, dest_kind, key, args in conn.execute(sql.ROUTE_EXCHANGES, (name,)):
-            if destination not in seen and _matches(kind, key, args, routing_key, headers):
-                seen.add(destination)
-                pending.append((destination, dest_kind))
-    return list(targets.items())
+            for queue_id, mp, ttl, ml, mlb, key, args in conn.execute(sql.ROUTE_ALL, (name,)):
+                if matched and queue_id in targets:
+                    continue
+                if _matches(kind, key, args, routing_key, headers):
+                    matched = True
+                    targets.setdefault(queue_id, (mp, ttl, ml, mlb))
+        for destination, dest_kind, key, args, dest_args in conn.execute(
+            sql.ROUTE_EXCHANGES, (name,)
+        ):
+            if matched and destination in seen:
+                continue
+            if _matches(kind, key, args, routing_key, headers):
+                matched = True
+                if destination not in seen:
+                    seen.add(destination)
+                    pending.append((destination, dest_kind, dest_args))
+        if not matched and args_text:
+            alternate = codec.decode_table(args_text).get("alternate-exchange")
+            if isinstance(alternate, str) and alternate not in seen:
+                seen.add(alternate)
+                row = conn.execute(sql.SELECT_EXCHANGE, (alternate,)).fetchone()
+                if row is not None:  # a missing alternate exchange: dropped, as RabbitMQ
+                    pending.append((alternate, row[1], row[5]))
+    return targets
 
 
 def _matches(
@@ -344,6 +439,19 @@ def _matches(
     return routing.headers_match(codec.decode_table(args) if args else {}, headers)
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A publish one or more queues refused (``x-overflow`` reject-publish[-dlx]): the
+    publisher is nacked. ``routed``: the queues that took it (they keep it, as in
+    RabbitMQ)."""
+
+    routed: int
+    queues: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return self.routed > 0
+
+
 def publish(
     tx: Txn,
     exchange: str,
@@ -353,10 +461,13 @@ def publish(
     priority: int,
     headers: Mapping[str, Any] | None,
     amqp_properties: bytes | None = None,
-) -> int:
+    expiration: int | None = None,
+) -> int | Refused:
     """Route and store one message; returns the number of queues it reached (0: dropped and
-    counted as unroutable). ``amqp_properties``: the raw AMQP property bytes an AMQP
-    publisher sent, stored beside the decoded ``properties`` so delivery loses nothing."""
+    counted as unroutable), or :class:`Refused` when a full queue refused it. ``expiration``:
+    the message's per-message TTL in ms. ``amqp_properties``: the raw AMQP property bytes an
+    AMQP publisher sent, stored beside the decoded ``properties`` so delivery loses
+    nothing."""
     if tx.low_disk:
         raise errors.StoreFullError(
             "free disk space is below the limit: publish refused (not stored); acks and "
@@ -366,21 +477,300 @@ def publish(
     if not targets:
         tx.conn.execute(sql.INCREMENT_COUNTER, ("unroutable", 1))
         return 0
+    if len(targets) == 1 and expiration is None:
+        # The common case, kept as it was: one queue, no TTL, no length limit.
+        ((queue_id, (max_priority, ttl, max_len, max_bytes)),) = targets.items()
+        if ttl is None and max_len is None and max_bytes is None:
+            cursor = tx.conn.execute(
+                sql.INSERT_MESSAGE,
+                (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties),
+            )
+            entry_priority = min(priority, max_priority) if max_priority else 0
+            tx.conn.execute(sql.INSERT_ENTRY, (queue_id, cursor.lastrowid, entry_priority))
+            tx.touched.add(queue_id)
+            return 1
+    message = (exchange, routing_key, properties, body, amqp_properties)
+    routed, refused = _store(tx, targets, message, priority, expiration, None, 0)
+    if refused:
+        return Refused(routed, tuple(refused))
+    return routed
+
+
+def _store(
+    tx: Txn,
+    targets: Mapping[int, Target],
+    message: tuple[str, str, str | None, bytes, bytes | None],
+    priority: int,
+    expiration: int | None,
+    fields: dict[str, Any] | None,
+    depth: int,
+) -> tuple[int, list[str]]:
+    """Store a routed message in its target queues, applying their TTL and length limits.
+    Returns (queues that took it, names of queues that refused it). ``fields``: the decoded
+    properties, when the caller has them (dead-lettering)."""
+    body = message[3]
+    accepted: list[tuple[int, Target]] = []
+    refused: list[str] = []
+    limited: list[dict[str, Any]] = []
+    for queue_id, target in targets.items():
+        if target[2] is not None or target[3] is not None:
+            queue = _queue_by_id(tx, queue_id)
+            if queue is None:
+                continue
+            if depth == 0:
+                expire_entries(tx)  # expired messages do not count
+            overflow = queue["arguments"].get("x-overflow", "drop-head")
+            if overflow != "drop-head" and _is_full(tx, queue, len(body)):
+                refused.append(queue["name"])
+                tx.conn.execute(sql.INCREMENT_COUNTER, ("rejected_publishes", 1))
+                if overflow == "reject-publish-dlx" and queue["dead_letter_exchange"] is not None:
+                    if fields is None:
+                        fields = codec.decode_properties(message[2]) if message[2] else {}
+                    _dead_letter_copy(tx, queue, message, fields, "maxlen", depth)
+                continue
+            if overflow == "drop-head":
+                limited.append(queue)
+        accepted.append((queue_id, target))
+    if not accepted:
+        return 0, refused
+    exchange, routing_key, properties, _, amqp_properties = message
     cursor = tx.conn.execute(
         sql.INSERT_MESSAGE, (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties)
     )
     message_id = cursor.lastrowid
-    if len(targets) == 1:
-        queue_id, max_priority = targets[0]
+    plain = []
+    timed = []
+    for queue_id, (max_priority, ttl, _, _) in accepted:
         entry_priority = min(priority, max_priority) if max_priority else 0
-        tx.conn.execute(sql.INSERT_ENTRY, (queue_id, message_id, entry_priority))
+        if ttl is None and expiration is None:
+            plain.append((queue_id, message_id, entry_priority))
+        else:
+            # The lower of the queue's and the message's TTL applies (RabbitMQ's rule).
+            lifetime = min(t for t in (ttl, expiration) if t is not None)
+            timed.append((queue_id, message_id, entry_priority, tx.wall_ms + lifetime))
+    if plain:
+        tx.conn.executemany(sql.INSERT_ENTRY, plain)
+    if timed:
+        tx.conn.executemany(sql.INSERT_ENTRY_TTL, timed)
+    tx.touched.update(q for q, _ in accepted)
+    for queue in limited:
+        _drop_head(tx, queue, depth)
+    return len(accepted), refused
+
+
+def _is_full(tx: Txn, queue: Mapping[str, Any], size: int) -> bool:
+    """Would one more message of ``size`` bytes exceed the queue's length limits?"""
+    max_len, max_bytes = queue["max_length"], queue["max_length_bytes"]
+    if max_bytes is None:
+        count = tx.conn.execute(sql.COUNT_READY_UPTO, (queue["id"], max_len + 1)).fetchone()[0]
+        return bool(count + 1 > max_len)
+    count, total = tx.conn.execute(sql.COUNT_READY_BYTES, (queue["id"],)).fetchone()
+    if max_len is not None and count + 1 > max_len:
+        return True
+    return bool(total + size > max_bytes)
+
+
+def _drop_head(tx: Txn, queue: Mapping[str, Any], depth: int) -> None:
+    """drop-head: remove (dead-letter, reason maxlen) messages from the head of the queue
+    until it is within its limits again."""
+    max_len, max_bytes = queue["max_length"], queue["max_length_bytes"]
+    queue_id = queue["id"]
+    if max_bytes is None:
+        count = tx.conn.execute(sql.COUNT_READY_UPTO, (queue_id, max_len + 2)).fetchone()[0]
+        if count <= max_len:
+            return
+        total = 0
     else:
-        tx.conn.executemany(
-            sql.INSERT_ENTRY,
-            [(q, message_id, min(priority, mp) if mp else 0) for q, mp in targets],
+        count, total = tx.conn.execute(sql.COUNT_READY_BYTES, (queue_id,)).fetchone()
+        if (max_len is None or count <= max_len) and total <= max_bytes:
+            return
+    victims = []
+    for entry_id, size in tx.conn.execute(sql.SELECT_HEAD, (queue_id, count)):
+        if (max_len is None or count <= max_len) and (max_bytes is None or total <= max_bytes):
+            break
+        victims.append(entry_id)
+        count -= 1
+        total -= size or 0
+    if victims:
+        dead_letter(tx, queue, victims, "maxlen", depth=depth)
+
+
+# --- dead-lettering ------------------------------------------------------------------------
+
+
+def dead_letter(
+    tx: Txn, queue: Mapping[str, Any], entry_ids: Sequence[int], reason: str, depth: int = 0
+) -> None:
+    """Remove entries from ``queue`` and, when it has a dead-letter exchange, republish each
+    through it with its ``x-death`` history, in this transaction: the message is in the
+    source or in the targets, never both, never neither. ``reason``: rejected, expired,
+    maxlen or delivery_limit."""
+    if not entry_ids:
+        return
+    messages = []
+    if queue["dead_letter_exchange"] is not None:
+        for entry_id in entry_ids:
+            row = tx.conn.execute(sql.SELECT_ENTRY_MESSAGE, (entry_id,)).fetchone()
+            if row is not None:
+                messages.append(row)
+    # The entries go first: whatever the copies trigger (a full target dropping its head,
+    # an expiry sweep) never sees them again, so none is dead-lettered twice.
+    tx.conn.execute(sql.DELETE_ENTRIES, (json.dumps(list(entry_ids)),))
+    counter = "dead_lettered" if messages else "dropped_" + reason
+    tx.conn.execute(sql.INCREMENT_COUNTER, (counter, len(entry_ids)))
+    for exchange, routing_key, properties, body in messages:
+        fields = codec.decode_properties(properties) if properties else {}
+        message = (exchange, routing_key, properties, body, None)
+        _dead_letter_copy(tx, queue, message, fields, reason, depth)
+
+
+def _dead_letter_copy(
+    tx: Txn,
+    queue: Mapping[str, Any],
+    message: tuple[str, str, str | None, bytes, bytes | None],
+    fields: dict[str, Any],
+    reason: str,
+    depth: int,
+) -> None:
+    """Publish the dead-lettered copy of ``message`` (from ``queue``) through the queue's
+    dead-letter exchange. A missing exchange, no route or a cycle drops it."""
+    if depth >= MAX_DEAD_LETTER_DEPTH:
+        log.warning("dead-lettering from %s nested too deep: message dropped", queue["name"])
+        tx.conn.execute(sql.INCREMENT_COUNTER, ("dead_letter_dropped", 1))
+        return
+    exchange, routing_key, _, body, _ = message
+    dlx = queue["dead_letter_exchange"]
+    dlrk = queue["arguments"].get("x-dead-letter-routing-key")
+    new_fields = death_properties(
+        fields, queue["name"], reason, exchange, routing_key, dlrk, tx.wall_ms
+    )
+    headers = new_fields["headers"]
+    new_key = routing_key if dlrk is None else dlrk
+    targets: dict[int, Target] = {}
+    if dlx == "":
+        row = tx.conn.execute(sql.ROUTE_DEFAULT, (new_key,)).fetchone()
+        if row:
+            targets = {row[0]: row[1:]}
+    else:
+        row = tx.conn.execute(sql.SELECT_EXCHANGE, (dlx,)).fetchone()
+        if row is not None:  # dead-lettering may go through an internal exchange
+            targets = _route_from(tx, dlx, row[1], row[5], new_key, headers)
+    if reason != "rejected" and targets:
+        # RabbitMQ's cycle rule: drop the copy for a queue it already died in, unless a
+        # rejection (a consumer's decision) happened since.
+        deaths = headers["x-death"]
+        for queue_id in list(targets):
+            name = tx.conn.execute(sql.SELECT_QUEUE_NAME, (queue_id,)).fetchone()[0]
+            if _is_cycle(name, deaths):
+                del targets[queue_id]
+                log.warning("dead-letter cycle through %r: message dropped", name)
+                tx.conn.execute(sql.INCREMENT_COUNTER, ("dead_letter_cycles", 1))
+    if not targets:
+        tx.conn.execute(sql.INCREMENT_COUNTER, ("dead_letter_dropped", 1))
+        return
+    priority = new_fields.get("priority") or 0
+    new_message = (dlx, new_key, codec.encode_properties(new_fields), body, None)
+    _store(tx, targets, new_message, priority, None, new_fields, depth + 1)
+
+
+def death_properties(
+    fields: Mapping[str, Any],
+    queue: str,
+    reason: str,
+    exchange: str,
+    routing_key: str,
+    dead_letter_routing_key: str | None,
+    wall_ms: int,
+) -> dict[str, Any]:
+    """The properties of a dead-lettered copy, as RabbitMQ writes them (docs/dlx.md): an
+    ``x-death`` entry per (queue, reason), most recent first, its ``count`` incremented on
+    a repeat; ``x-first-death-*`` set once, ``x-last-death-*`` every time; ``expiration``
+    removed (kept as the entry's ``original-expiration``); ``CC`` removed when a dead-letter
+    routing key replaces the routing keys; ``BCC`` removed."""
+    new = dict(fields)
+    headers = dict(new.get("headers") or {})
+    cc = headers.get("CC")
+    routing_keys = [routing_key] + (
+        [k for k in cc if isinstance(k, str)] if isinstance(cc, list) else []
+    )
+    old = headers.get("x-death")
+    deaths = [d for d in old if isinstance(d, dict)] if isinstance(old, list) else []
+    for i, death in enumerate(deaths):
+        if death.get("queue") == queue and death.get("reason") == reason:
+            entry = dict(deaths.pop(i))
+            count = entry.get("count")
+            entry["count"] = (count if isinstance(count, int) else 0) + 1
+            break
+    else:
+        entry = {"count": 1, "exchange": exchange}
+        expiration = new.get("expiration")
+        if expiration is not None:
+            entry["original-expiration"] = expiration
+        entry.update(
+            {
+                "queue": queue,
+                "reason": reason,
+                "routing-keys": routing_keys,
+                "time": datetime.fromtimestamp(wall_ms // 1000, UTC),
+            }
         )
-    tx.touched.update(q for q, _ in targets)
-    return len(targets)
+    if not deaths and old is None:
+        headers["x-first-death-exchange"] = exchange
+        headers["x-first-death-queue"] = queue
+        headers["x-first-death-reason"] = reason
+    headers["x-last-death-exchange"] = exchange
+    headers["x-last-death-queue"] = queue
+    headers["x-last-death-reason"] = reason
+    headers["x-death"] = [entry, *deaths]
+    if dead_letter_routing_key is not None:
+        headers.pop("CC", None)
+    headers.pop("BCC", None)
+    new["headers"] = headers
+    new.pop("expiration", None)
+    return new
+
+
+def _is_cycle(queue: str, deaths: Sequence[Mapping[str, Any]]) -> bool:
+    """RabbitMQ's rabbit_dead_letter:is_cycle: the queue died before, and every death since
+    (including that one) was automatic (no ``rejected``)."""
+    for death in deaths:
+        if death.get("reason") == "rejected":
+            return False
+        if death.get("queue") == queue:
+            return True
+    return False
+
+
+def expire_entries(tx: Txn, *, depth: int = 0) -> int:
+    """Dead-letter (or drop) ready entries past their TTL, up to EXPIRY_BATCH of them; found
+    through ix_mq_entries_expiry, so nothing is read when nothing is due."""
+    rows = tx.conn.execute(sql.SELECT_EXPIRED, (tx.wall_ms, EXPIRY_BATCH)).fetchall()
+    if not rows:
+        return 0
+    by_queue: dict[int, list[int]] = {}
+    for entry_id, queue_id in rows:
+        by_queue.setdefault(queue_id, []).append(entry_id)
+    for queue_id, entry_ids in by_queue.items():
+        queue = _queue_by_id(tx, queue_id)
+        if queue is not None:
+            dead_letter(tx, queue, entry_ids, "expired", depth=depth)
+    return len(rows)
+
+
+def expire_queues(tx: Txn) -> int:
+    """Delete queues unused past their x-expires deadline (ix_mq_queues_expiry)."""
+    rows = tx.conn.execute(sql.SELECT_EXPIRED_QUEUES, (tx.wall_ms, EXPIRY_BATCH)).fetchall()
+    for (queue_id,) in rows:
+        _drop_queue(tx, queue_id)
+    if rows:
+        tx.conn.execute(sql.INCREMENT_COUNTER, ("queues_expired", len(rows)))
+    return len(rows)
+
+
+def sweep(tx: Txn) -> int:
+    """The upkeep thread's expiry sweep: message TTLs, then queue TTLs. Returns the larger
+    count, so the caller sweeps again while a batch came back full."""
+    return max(expire_entries(tx), expire_queues(tx))
 
 
 # --- leasing ------------------------------------------------------------------------------
@@ -404,6 +794,7 @@ def lease(
     """Lease messages for several consumers in one transaction. A result is None when the
     queue no longer exists (its consumer is cancelled)."""
     requeue_expired(tx)
+    expire_entries(tx)
     results: list[list[LeasedMessage] | None] = []
     for request in requests:
         queue = _queue_row(tx, request.queue)
@@ -417,7 +808,9 @@ def lease(
 def get(tx: Txn, session: int, request: LeaseRequest) -> list[LeasedMessage]:
     """basic_get: lease (or take, with auto_ack) the head of one queue; 404/405 as consume."""
     requeue_expired(tx)
+    expire_entries(tx)
     queue = _accessible_queue(tx, session, request.queue)
+    _touch_queue(tx, queue)
     return _lease_one(tx, session, queue, request)
 
 
@@ -425,11 +818,12 @@ def _lease_one(
     tx: Txn, session: int, queue: dict[str, Any], request: LeaseRequest
 ) -> list[LeasedMessage]:
     conn = tx.conn
-    rows = conn.execute(sql.SELECT_READY, (queue["id"], request.limit)).fetchall()
+    rows = conn.execute(sql.SELECT_READY, (queue["id"], tx.wall_ms, request.limit)).fetchall()
     if not rows:
         return []
     ids = json.dumps([r[0] for r in rows])
     token = 0
+    vt = 0
     if request.auto_ack:
         conn.execute(sql.DELETE_ENTRIES, (ids,))
     else:
@@ -453,44 +847,83 @@ def _lease_one(
             message_count=count,
             amqp_properties=amqp_props,
             consumer_timeout_ms=queue["consumer_timeout_ms"],
+            leased_at_ms=tx.now_ms,
+            lease_ms=vt,
         )
         for entry_id, delivered, exchange, routing_key, props, body, amqp_props in rows
     ]
 
 
-def ack(tx: Txn, leases: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Delete acknowledged entries; returns the (entry, token) pairs whose lease was lost."""
+def ack(
+    tx: Txn, leases: Iterable[tuple[int, int]], *, missing_ok: bool = False
+) -> list[tuple[int, int]]:
+    """Delete acknowledged entries; returns the (entry, token) pairs whose lease was lost.
+
+    With ``missing_ok`` (an ack of a lease known to be still valid), an entry that is gone
+    altogether went with its deleted queue: that is accepted, as RabbitMQ does; only an entry
+    now leased under another token is a lost lease."""
     stale = []
     for pair in leases:
         if tx.conn.execute(sql.ACK_ENTRY, pair).rowcount != 1:
+            if missing_ok and tx.conn.execute(sql.ENTRY_EXISTS, (pair[0],)).fetchone() is None:
+                continue
             stale.append(pair)
     return stale
 
 
 def release(tx: Txn, leases: Iterable[tuple[int, int]], *, requeue: bool) -> list[tuple[int, int]]:
-    """Nack/reject: requeue (keeping the message's place) or drop; returns the lost leases."""
-    if not requeue:
-        return ack(tx, leases)
+    """Nack/reject: requeue (keeping the message's place) or drop (dead-letter, reason
+    rejected, when the queue has a dead-letter exchange); returns the lost leases."""
     stale = []
+    if not requeue:
+        rejected: dict[int, list[int]] = {}
+        for pair in leases:
+            if tx.conn.execute(sql.REJECT_ENTRY, pair).rowcount == 1:
+                continue
+            row = tx.conn.execute(sql.SELECT_LEASED_QUEUE, pair).fetchone()
+            if row is None:
+                stale.append(pair)
+            else:
+                rejected.setdefault(row[0], []).append(pair[0])
+        _dead_letter_by_queue(tx, rejected, "rejected")
+        return stale
+    returned = []
     for pair in leases:
         row = tx.conn.execute(sql.REQUEUE_ENTRY, pair).fetchone()
         if row is None:
             stale.append(pair)
         else:
-            tx.touched.add(row[0])
+            returned.append(row)
+    _returned(tx, returned)
     return stale
 
 
+def _returned(tx: Txn, rows: Sequence[tuple[int, int, Any]]) -> int:
+    """Entries came back to their queues (nack/reject with requeue, a lapsed lease, a dead
+    or closed owner): wake their consumers, and dead-letter those that exceeded their
+    queue's x-delivery-limit (every return counts, as in quorum queues)."""
+    poison: dict[int, list[int]] = {}
+    for queue_id, entry_id, over_limit in rows:
+        tx.touched.add(queue_id)
+        if over_limit:
+            poison.setdefault(queue_id, []).append(entry_id)
+    _dead_letter_by_queue(tx, poison, "delivery_limit")
+    return len(rows)
+
+
+def _dead_letter_by_queue(tx: Txn, entries: Mapping[int, list[int]], reason: str) -> None:
+    for queue_id, entry_ids in entries.items():
+        queue = _queue_by_id(tx, queue_id)
+        if queue is not None:
+            dead_letter(tx, queue, entry_ids, reason)
+
+
 def requeue_owner(tx: Txn, session: int) -> int:
-    queue_ids = [r[0] for r in tx.conn.execute(sql.REQUEUE_OWNER, (session,))]
-    tx.touched.update(queue_ids)
-    return len(queue_ids)
+    return _returned(tx, tx.conn.execute(sql.REQUEUE_OWNER, (session,)).fetchall())
 
 
 def requeue_expired(tx: Txn) -> int:
-    queue_ids = [r[0] for r in tx.conn.execute(sql.REQUEUE_EXPIRED, (tx.now_ms,))]
-    tx.touched.update(queue_ids)
-    return len(queue_ids)
+    return _returned(tx, tx.conn.execute(sql.REQUEUE_EXPIRED, (tx.now_ms,)).fetchall())
 
 
 def renew(tx: Txn, sessions: Mapping[int, int]) -> None:
@@ -525,6 +958,9 @@ def remove_consumer(tx: Txn, consumer_id: int) -> None:
     if deleted.rowcount:
         # The queue is gone; its bindings went with it (ON DELETE CASCADE).
         tx.queues_deleted = True
+    else:
+        # x-expires counts unused time from when the last consumer left.
+        tx.conn.execute(sql.TOUCH_QUEUE, (tx.wall_ms, queue_id))
 
 
 def open_session(tx: Txn, pid: int, process_start: str, boot: str, name: str | None) -> int:
@@ -549,7 +985,7 @@ def sessions(tx: Txn) -> list[tuple[int, int, str, str]]:
 
 
 def void_all_leases(tx: Txn) -> None:
-    tx.conn.execute(sql.VOID_ALL_LEASES)
+    _returned(tx, tx.conn.execute(sql.VOID_ALL_LEASES).fetchall())
 
 
 def get_meta(tx: Txn, key: str) -> str | None:

@@ -221,6 +221,8 @@ class LeasedMessage:
     extra: dict[str, Any] = field(default_factory=dict)
     amqp_properties: bytes | None = None
     consumer_timeout_ms: int = 0
+    leased_at_ms: int = 0
+    lease_ms: int = 0  # 0: taken with auto_ack (no lease)
 
 
 class Clock(Protocol):

@@ -1,12 +1,16 @@
 """Keeping the WAL bounded, and the disk from filling, for every process on one file.
 
-Checkpoints: every mqstore connection turns SQLite's automatic checkpoint off; one process
-per file at a time (whoever holds an ``flock`` on ``<db>-mqstore.lock``, a separate file so no
-SQLite lock is ever touched) checkpoints from its upkeep thread: PASSIVE once the WAL passes
-``PASSIVE_AT_BYTES``, TRUNCATE past ``TRUNCATE_AT_BYTES`` (it waits for readers, within the
-busy timeout). One checkpointer per file also narrows the exposure to SQLite's WAL-reset bug
-(3.7.0 to 3.51.2: two connections writing or checkpointing at the same moment); run on a
-Python whose SQLite is 3.51.3 or later to remove it.
+Checkpoints: one process per file at a time checkpoints: whoever holds an ``flock`` on
+``<db>-mqstore.lock`` (a separate file, so no SQLite lock is ever touched). Its connection
+keeps SQLite's automatic PASSIVE checkpoint after commits (every ``AUTOCHECKPOINT_PAGES``),
+so the WAL is reused from its start instead of growing (a growing WAL makes every fsync also
+commit file-system metadata); every other connection has it off. A writing process takes the
+role when it is free, and an idle leader gives it up, so the role follows the writes. Past
+``TRUNCATE_AT_BYTES`` (readers pinned the WAL) the leader's upkeep runs TRUNCATE.
+
+SQLite's WAL-reset bug (3.7.0 to 3.51.2) needs two checkpoints back to back while another
+connection restarts the WAL; one checkpointer that checkpoints only after its own commits
+narrows that window. Run on a Python whose SQLite is 3.51.3 or later to remove it.
 
 Disk space: below ``disk_free_limit`` bytes free, publishes are refused before SQLite meets
 ENOSPC, so acks and deletes (which also need WAL space) keep working and consumers can drain.
@@ -22,7 +26,9 @@ import time
 
 log = logging.getLogger(__name__)
 
+AUTOCHECKPOINT_PAGES = 1000  # SQLite's default: about 4 MiB of WAL
 PASSIVE_AT_BYTES = 4 * 1024 * 1024
+IDLE_RELEASE_S = 5.0
 # After a checkpoint the WAL restarts from its beginning and is truncated to this size.
 JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
 TRUNCATE_AT_BYTES = 64 * 1024 * 1024
@@ -55,6 +61,8 @@ class Checkpointer:
         self.wal_path = db_path + "-wal"
         self._lock_path = db_path + "-mqstore.lock"
         self._fd: int | None = None
+        self._last_try = -1e9
+        self._last_write = -1e9
         self.last_result: tuple[int, int, int] | None = None
 
     @property
@@ -76,6 +84,7 @@ class Checkpointer:
             os.close(fd)
             return False
         self._fd = fd
+        self._last_write = time.monotonic()  # leading starts the idle clock
         return True
 
     def wal_bytes(self) -> int:
@@ -84,9 +93,23 @@ class Checkpointer:
         except FileNotFoundError:
             return 0
 
+    def follow_writes(self, conn: sqlite3.Connection, *, wrote: bool, now: float) -> None:
+        """After a commit (``wrote``) take the role if it is free; when idle for
+        ``IDLE_RELEASE_S`` give it up. Runs between transactions on ``conn``."""
+        if wrote:
+            self._last_write = now
+            if self._fd is None and now - self._last_try >= 0.1:
+                self._last_try = now
+                if self.try_lead():
+                    conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+        elif self._fd is not None and now - self._last_write >= IDLE_RELEASE_S:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self.close()
+
     def maybe_checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int, int] | None:
-        """Checkpoint when the WAL is over a threshold; runs outside any transaction."""
-        if not self.try_lead():
+        """As leader, checkpoint a WAL that grew past a threshold anyway; runs outside any
+        transaction."""
+        if self._fd is None:
             return None
         size = self.wal_bytes()
         if size < PASSIVE_AT_BYTES:

@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
+from mqstore.testing import ManualClock
 
-class FakeClock:
-    """A clock tests move by hand (``ConnectionParameters(clock=...)``).
 
-    ``now_ms`` drives lease deadlines, ``wall_ms`` user-visible timestamps; ``advance``
-    moves both. Thread-safe: the engine's upkeep thread reads it while a test advances it.
-    Connections that must share one engine have to share the same FakeClock object."""
-
-    def __init__(self, now_ms: int = 1_000_000, wall_ms: int = 1_700_000_000_000) -> None:
-        self._lock = threading.Lock()
-        self._now = now_ms
-        self._wall = wall_ms
-
-    def now_ms(self) -> int:
-        with self._lock:
-            return self._now
-
-    def wall_ms(self) -> int:
-        with self._lock:
-            return self._wall
-
-    def advance(self, ms: int) -> None:
-        if ms < 0:
-            raise ValueError("a clock does not go back")
-        with self._lock:
-            self._now += ms
-            self._wall += ms
+# The fake clock is the testing kit's (mqstore.testing, also a pytest plugin for users).
+FakeClock = ManualClock
 
 
 @pytest.fixture

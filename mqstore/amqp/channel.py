@@ -199,6 +199,12 @@ class AMQPChannel:
         except errors.ChannelClosedByBroker as exc:
             await self.fail(exc, method)
             return
+        except errors.NackError:
+            # A full queue refused it (x-overflow reject-publish): Basic.Nack under
+            # confirms; without confirms RabbitMQ drops it silently, and so do we.
+            if not seq:
+                return
+            outcome = (False, None)
         except errors.StoreError as exc:
             log.error("publish failed: %s", exc, extra={"action": "publish_failed"})
             if not seq:

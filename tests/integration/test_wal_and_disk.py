@@ -83,26 +83,44 @@ def test_only_one_process_checkpoints_a_file(db_path: str) -> None:
     assert out.stdout.strip() == "True"
 
 
-def test_wal_is_checkpointed_back_under_its_threshold(db_path: str) -> None:
-    # Given a WAL grown past the PASSIVE threshold by a burst of publishes
-    connection = mqstore.BlockingConnection(
-        mqstore.ConnectionParameters(path=db_path, durability="normal")
-    )
+def test_wal_stays_bounded_under_steady_publishing(db_path: str) -> None:
+    connection = mqstore.BlockingConnection(mqstore.ConnectionParameters(path=db_path))
     try:
         channel = connection.channel()
         channel.queue_declare("bulk")
+        body = os.urandom(1024)
+        for _ in range(3000):  # about 12 MiB of WAL frames without checkpoints
+            channel.basic_publish("", "bulk", body)
+        assert connection._engine.checkpointer.wal_bytes() <= wal.JOURNAL_SIZE_LIMIT
+    finally:
+        connection.close()
+
+
+def test_wal_pinned_by_a_reader_is_checkpointed_once_the_reader_ends(db_path: str) -> None:
+    # Given a reader that pins the WAL while publishes grow it past the threshold
+    connection = mqstore.BlockingConnection(
+        mqstore.ConnectionParameters(path=db_path, durability="normal")
+    )
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        channel = connection.channel()
+        channel.queue_declare("bulk")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM mq_queues").fetchone()
         body = os.urandom(4096)
         for _ in range(2000):
             channel.basic_publish("", "bulk", body)
         checkpointer = connection._engine.checkpointer
         assert checkpointer.wal_bytes() > wal.PASSIVE_AT_BYTES
-        # When the checkpointer runs (as its upkeep thread does every tick)
+        # When the reader ends and the checkpointer's upkeep runs
+        reader.execute("COMMIT")
         result = connection._engine.checkpoint()
-        # Then every WAL frame was copied back and the next writes reuse the WAL from start
+        # Then every WAL frame was copied back and the WAL restarts, truncated to the limit
         assert result is not None and result[0] == 0 and result[1] == result[2]
         channel.basic_publish("", "bulk", b"after")
         assert checkpointer.wal_bytes() <= wal.JOURNAL_SIZE_LIMIT
     finally:
+        reader.close()
         connection.close()
     check = sqlite3.connect(db_path)
     try:
@@ -111,7 +129,33 @@ def test_wal_is_checkpointed_back_under_its_threshold(db_path: str) -> None:
         check.close()
 
 
-def test_connections_do_not_autocheckpoint(blocking_connect) -> None:
-    connection = blocking_connect()
-    value = connection._engine._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-    assert value == 0
+def test_only_the_checkpointer_connection_autocheckpoints(db_path: str) -> None:
+    # Given two processes' worth of connections: a publisher in this process
+    publisher = mqstore.BlockingConnection(mqstore.ConnectionParameters(path=db_path))
+    try:
+        channel = publisher.channel()
+        channel.queue_declare("q")
+        channel.basic_publish("", "q", b"x")  # a durable publish takes the free role
+        engine = publisher._engine
+        assert engine.checkpointer.is_leader
+        autocheckpoint = engine._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert autocheckpoint == wal.AUTOCHECKPOINT_PAGES
+        # And another process, which cannot lead while this one does, keeps it off
+        probe = textwrap.dedent(
+            f"""
+            import mqstore
+            c = mqstore.BlockingConnection(mqstore.ConnectionParameters(path={db_path!r}))
+            ch = c.channel()
+            ch.basic_publish("", "q", b"y")
+            e = c._engine
+            print(e.checkpointer.is_leader,
+                  e._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+            c.close()
+            """
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.split() == ["False", "0"]
+    finally:
+        publisher.close()

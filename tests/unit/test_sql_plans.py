@@ -31,7 +31,7 @@ def plan(conn: sqlite3.Connection, statement: str, params: tuple) -> str:
 @pytest.mark.parametrize(
     ("statement", "params", "expected"),
     [
-        (sql.SELECT_READY, (1, 10), "ix_mq_entries_ready"),
+        (sql.SELECT_READY, (1, 0, 10), "ix_mq_entries_ready"),
         (sql.COUNT_READY, (1,), "ix_mq_entries_ready"),
         (sql.ACK_ENTRY, (1, 2), "INTEGER PRIMARY KEY"),
         (sql.REQUEUE_ENTRY, (1, 2), "INTEGER PRIMARY KEY"),
@@ -43,6 +43,18 @@ def plan(conn: sqlite3.Connection, statement: str, params: tuple) -> str:
         (sql.ROUTE_EXCHANGES, ("x",), "sqlite_autoindex_mq_exchange_bindings_1"),
         (sql.LEASE_ENTRIES, (1, 1, 0, 0, "[1]"), "INTEGER PRIMARY KEY"),
         (sql.DELETE_ENTRIES, ("[1]",), "INTEGER PRIMARY KEY"),
+        # Queue features (docs/queue-features.md).
+        (sql.INSERT_ENTRY_TTL, (1, 1, 0, 5), ""),
+        (sql.SELECT_EXPIRED, (1, 10), "ix_mq_entries_expiry"),
+        (sql.SELECT_EXPIRED_QUEUES, (1, 10), "ix_mq_queues_expiry"),
+        (sql.TOUCH_QUEUE, (1, 1), "INTEGER PRIMARY KEY"),
+        (sql.COUNT_READY_UPTO, (1, 10), "ix_mq_entries_ready"),
+        (sql.COUNT_READY_BYTES, (1,), "ix_mq_entries_ready"),
+        (sql.SELECT_HEAD, (1, 10), "ix_mq_entries_ready"),
+        (sql.SELECT_ENTRY_MESSAGE, (1,), "INTEGER PRIMARY KEY"),
+        (sql.REJECT_ENTRY, (1, 2), "INTEGER PRIMARY KEY"),
+        (sql.SELECT_LEASED_QUEUE, (1, 2), "INTEGER PRIMARY KEY"),
+        (sql.SELECT_QUEUE_BY_ID, (1,), "INTEGER PRIMARY KEY"),
     ],
 )
 def test_hot_statement_uses_its_index(
@@ -51,6 +63,13 @@ def test_hot_statement_uses_its_index(
     text = plan(conn, statement, params)
     assert expected in text, text
     assert "SCAN mq_entries" not in text.replace("SCAN mq_entries USING", ""), text
+
+
+def test_queue_subqueries_use_the_primary_key(conn: sqlite3.Connection) -> None:
+    """The per-row lookups of a queue's delivery limit and dead-letter exchange."""
+    for statement, params in ((sql.REQUEUE_ENTRY, (1, 2)), (sql.REJECT_ENTRY, (1, 2))):
+        text = plan(conn, statement, params)
+        assert "SEARCH q USING INTEGER PRIMARY KEY" in text, text
 
 
 def test_release_trigger_finds_sibling_entries_by_index(conn: sqlite3.Connection) -> None:
