@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
@@ -45,6 +46,9 @@ class AMQPChannel:
         self.conn = conn
         self.number = number
         self.state = ChannelState(number, conn.session, conn.settings)
+        # Acks of fresh leases are then queued for the next group commit (AMQP acks have
+        # no reply anyway); a late failure closes the channel at its next operation.
+        self.state.now_ms = conn.engine.clock.now_ms
         self.inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=MAX_IN_FLIGHT)
         self.closing = False  # sent Channel.Close after an error; awaiting CloseOk
         self.finished = False
@@ -66,7 +70,7 @@ class AMQPChannel:
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
     async def _run(self, steps: Steps) -> Any:
-        return await drive_async(steps, self.conn.engine.run_async)
+        return await drive_async(steps, self.conn.engine.run_async, self.conn.engine.post)
 
     # --- the worker ---------------------------------------------------------------------
 
@@ -375,6 +379,10 @@ class AMQPChannel:
         elif name == "Channel.CloseOk":
             pass  # nothing of ours to confirm
         elif name == "Tx.Select":
+            if self.confirm:  # RabbitMQ checks this before anything else about Tx.Select
+                raise errors.PreconditionFailedError(
+                    "PRECONDITION_FAILED - cannot switch from confirm to tx mode"
+                )
             raise Fault(540, "NOT_IMPLEMENTED - transactions are not supported yet")
         elif name in ("Tx.Commit", "Tx.Rollback"):
             raise errors.PreconditionFailedError(
@@ -413,10 +421,10 @@ class AMQPChannel:
 
     async def _consume(self, m: Any) -> None:
         queue = self._queue(m.queue)
+        # An empty tag is the server's to choose, and RabbitMQ's look like amq.ctag-<22>.
+        tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
         tag = await self._run(
-            self.state.basic_consume(
-                queue, None, m.no_ack, m.exclusive, m.consumer_tag or None, m.arguments
-            )
+            self.state.basic_consume(queue, None, m.no_ack, m.exclusive, tag, m.arguments)
         )
         # No await between the consumer's registration and this reply: ConsumeOk is on the
         # wire before the dispatcher can deliver anything to it.
