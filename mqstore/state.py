@@ -139,7 +139,7 @@ class ChannelState:
     ) -> Steps:
         self.check_open()
         kind = core.check_exchange_type(exchange_type)
-        name = core.check_name("exchange", exchange, allow_reserved=passive)
+        name = core.check_name("exchange", exchange, allow_reserved=True)
         yield Call(
             store.exchange_declare,
             (name, kind),

@@ -367,6 +367,7 @@ class AMQPConnection:
     def _start_ok(self, method: commands.Connection.StartOk) -> None:
         mechanism = method.mechanism
         user, password = _credentials(mechanism, method.response)
+        capabilities = (method.client_properties or {}).get("capabilities") or {}
         if user is None or not self.server.authenticate(user, password, self._peer_host):
             log.warning(
                 "login refused for %r from %s",
@@ -374,13 +375,18 @@ class AMQPConnection:
                 self.peer,
                 extra={"action": "login_refused", "peer": self.peer},
             )
+            if not capabilities.get("authentication_failure_close"):
+                # As RabbitMQ: a client that cannot take a Connection.Close here (the spec's
+                # way) just sees the socket closed.
+                self.closing = True
+                self._abort()
+                return
             raise Fault(
                 403,
                 f"ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. "
                 "For details see the broker logfile.",
             )
         self.user = user
-        capabilities = (method.client_properties or {}).get("capabilities") or {}
         self.cancel_notify = bool(capabilities.get("consumer_cancel_notify"))
         self.blocked_notify = bool(capabilities.get("connection.blocked"))
         self.phase = "tune"

@@ -267,6 +267,17 @@ def test_declaring_amq_prefixed_exchange_is_403(ch):
     )
 
 
+def test_equivalent_redeclare_of_a_system_exchange_is_accepted(ch):
+    ch.exchange_declare("amq.direct", "direct", durable=True)
+    assert ch.is_open
+
+
+def test_redeclaring_a_system_exchange_with_another_type_is_406(ch):
+    with pytest.raises(mqstore.PreconditionFailedError) as info:
+        ch.exchange_declare("amq.direct", "fanout", durable=True)
+    assert "inequivalent arg 'type' for exchange 'amq.direct'" in info.value.reply_text
+
+
 @pytest.mark.parametrize(
     "operation",
     [
