@@ -136,9 +136,44 @@ def _map_sqlite_error(exc: sqlite3.Error, path: str) -> errors.StoreError:
         return errors.StoreCorruptError(text)
     if name == "SQLITE_FULL":
         return errors.StoreFullError(text + " (rolled back, not stored)")
-    if name.startswith(("SQLITE_IOERR", "SQLITE_READONLY")):
+    if name.startswith("SQLITE_READONLY"):
+        # Refused before anything is written: the outcome is known.
+        return errors.StoreIOError(f"{text}: {_why_read_only(path)}; nothing was written")
+    if name.startswith("SQLITE_IOERR"):
         return errors.StoreIOError(text + " (outcome unknown)")
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open database file" in str(exc):
+        return errors.StoreError(f"{text}: {_why_cannot_open(path)}")
     return errors.StoreError(text)
+
+
+def _why_cannot_open(path: str) -> str:
+    """SQLite says only "unable to open database file": find out why (stat, never open)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "it is a directory, not a database file"
+    if not os.path.isdir(directory):
+        return f"its directory {directory} does not exist"
+    if _read_only_fs(directory):
+        return "its file system is mounted read-only (SQLite needs to create -wal and -shm)"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"no permission to create the -wal and -shm files in {directory}"
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        return "no permission to read and write it"
+    return "the file cannot be opened"
+
+
+def _why_read_only(path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    if _read_only_fs(directory):
+        return "its file system is mounted read-only"
+    return "the file is read-only (permissions, or an immutable attribute: lsattr)"
+
+
+def _read_only_fs(directory: str) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 class Engine:
@@ -165,6 +200,9 @@ class Engine:
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[_Op] = []
         self._leader = False
+        # Set by the upkeep thread: the leader runs the checkpoint right after its batch.
+        self._checkpoint_due = False
+        self._checkpoint_result: tuple[int, int, int] | None = None
         self._closed = False
         self._kick = threading.Event()
         self._wakers: set[Callable[[], None]] = set()
@@ -290,6 +328,8 @@ class Engine:
                     batch, self._pending = self._pending, []
                 if batch:
                     self._execute(batch)
+                if self._checkpoint_due:
+                    self._run_due_checkpoint()
                 with self._cond:
                     self._cond.notify_all()
                     if not self._pending or (until is not None and until.done):
@@ -516,22 +556,41 @@ class Engine:
 
     def checkpoint(self) -> tuple[int, int, int] | None:
         """Checkpoint the WAL if this process is the file's checkpointer and it has grown.
-        Runs between batches (never inside a transaction)."""
+        Runs between batches (never inside a transaction). Under constant load some thread
+        always leads a batch and a waiter for the leader role could starve (the WAL then
+        grew past 500 MiB within a second): the current leader runs it after its batch."""
         with self._cond:
-            while self._leader:
+            self._checkpoint_due = True
+            while self._leader and self._checkpoint_due:
                 self._cond.wait()
+            if not self._checkpoint_due:
+                return self._checkpoint_result  # the leader ran it
             self._leader = True
         try:
-            self.checkpointer.follow_writes(self._conn, wrote=False, now=time.monotonic())
-            return self.checkpointer.maybe_checkpoint(self._conn)
-        except sqlite3.Error as exc:
-            raise _map_sqlite_error(exc, self.path) from exc
+            return self._checkpoint_now()
         finally:
             with self._cond:
                 self._leader = False
                 self._cond.notify_all()
                 if self._pending:
                     self._kick.set()
+
+    def _checkpoint_now(self) -> tuple[int, int, int] | None:
+        """Run by the leader, outside any transaction."""
+        self._checkpoint_due = False
+        self._checkpoint_result = None
+        try:
+            self.checkpointer.follow_writes(self._conn, wrote=False, now=time.monotonic())
+            self._checkpoint_result = self.checkpointer.maybe_checkpoint(self._conn)
+        except sqlite3.Error as exc:
+            raise _map_sqlite_error(exc, self.path) from exc
+        return self._checkpoint_result
+
+    def _run_due_checkpoint(self) -> None:
+        try:
+            self._checkpoint_now()
+        except errors.MqstoreError as exc:
+            log.warning("mqstore checkpoint failed: %s", exc, extra={"action": "upkeep_failed"})
 
     def _lease_taken(self, lease_ms: int) -> None:
         """Renew at least three times per lease, so a live connection never loses one."""

@@ -110,6 +110,10 @@ queues = Table(
     Column("expires_ms", Integer, nullable=True),  # x-expires
     # Wall-clock deadline after which an unused queue is deleted (x-expires).
     Column("expires_at_ms", Integer, nullable=True),
+    # Ready messages and their body bytes, kept by the mq_entries_count_* triggers for
+    # queues with a length limit only (their entries carry a size); 0 for other queues.
+    Column("ready_count", Integer, nullable=False, server_default=text("0")),
+    Column("ready_bytes", Integer, nullable=False, server_default=text("0")),
 )
 # Unused queues by deadline, for the queue-expiry sweep.
 Index(
@@ -199,6 +203,9 @@ entries = Table(
     # Wall-clock time the message expires in this queue (x-message-ttl, expiration); NULL:
     # never.
     Column("expires_at_ms", Integer, nullable=True),
+    # The body's bytes, set only in queues with a length limit: such entries are counted
+    # into mq_queues.ready_count/ready_bytes by triggers; NULL for every other entry.
+    Column("size", Integer, nullable=True),
 )
 # The head of each queue: ready entries in delivery order. Leasing reads only this index.
 Index(
@@ -240,3 +247,39 @@ BEGIN
 END"""
 
 event.listen(entries, "after_create", DDL(RELEASE_MESSAGE_TRIGGER))
+
+# Length limits (x-max-length, x-max-length-bytes) count ready messages. Entries of limited
+# queues carry their size, and these triggers keep their queue's ready_count/ready_bytes
+# whatever statement makes them ready or not (publish, lease, requeue, ack, purge, expiry):
+# O(1) limit checks. Other entries (size NULL) only evaluate the WHEN clause.
+COUNT_TRIGGERS = (
+    """\
+CREATE TRIGGER IF NOT EXISTS mq_entries_count_insert
+AFTER INSERT ON mq_entries
+WHEN NEW.size IS NOT NULL AND NEW.lease_token IS NULL
+BEGIN
+    UPDATE mq_queues SET ready_count = ready_count + 1, ready_bytes = ready_bytes + NEW.size
+    WHERE id = NEW.queue_id;
+END""",
+    """\
+CREATE TRIGGER IF NOT EXISTS mq_entries_count_delete
+AFTER DELETE ON mq_entries
+WHEN OLD.size IS NOT NULL AND OLD.lease_token IS NULL
+BEGIN
+    UPDATE mq_queues SET ready_count = ready_count - 1, ready_bytes = ready_bytes - OLD.size
+    WHERE id = OLD.queue_id;
+END""",
+    """\
+CREATE TRIGGER IF NOT EXISTS mq_entries_count_lease
+AFTER UPDATE OF lease_token ON mq_entries
+WHEN NEW.size IS NOT NULL AND (OLD.lease_token IS NULL) != (NEW.lease_token IS NULL)
+BEGIN
+    UPDATE mq_queues SET
+        ready_count = ready_count + (CASE WHEN NEW.lease_token IS NULL THEN 1 ELSE -1 END),
+        ready_bytes = ready_bytes
+            + (CASE WHEN NEW.lease_token IS NULL THEN NEW.size ELSE -NEW.size END)
+    WHERE id = NEW.queue_id;
+END""",
+)
+for _trigger in COUNT_TRIGGERS:
+    event.listen(entries, "after_create", DDL(_trigger))

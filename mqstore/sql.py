@@ -40,9 +40,16 @@ INSERT_QUEUE = (
     "expires_ms, expires_at_ms) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
 )
-# x-expires: a use of the queue (redeclare, basic.get, a consumer leaving) restarts its timer.
+# x-expires: a use of the queue (redeclare, basic.get, its last consumer leaving) restarts
+# its timer; a queue with consumers stays out of the expiry index (PARK_QUEUE_EXPIRY).
 TOUCH_QUEUE = (
-    "UPDATE mq_queues SET expires_at_ms = ? + expires_ms WHERE id = ? AND expires_ms IS NOT NULL"
+    "UPDATE mq_queues SET expires_at_ms = ?1 + expires_ms WHERE id = ?2 "
+    "AND expires_ms IS NOT NULL AND NOT EXISTS (SELECT 1 FROM mq_consumers c "
+    "WHERE c.queue_id = ?2)"
+)
+# A queue with a consumer is in use: out of the expiry index until its last consumer leaves.
+PARK_QUEUE_EXPIRY = (
+    "UPDATE mq_queues SET expires_at_ms = NULL WHERE id = ? AND expires_ms IS NOT NULL"
 )
 # Unused queues past their x-expires deadline (ix_mq_queues_expiry).
 SELECT_EXPIRED_QUEUES = (
@@ -117,29 +124,21 @@ INSERT_MESSAGE = (
     "amqp_properties) VALUES (?, ?, ?, ?, ?, ?)"
 )
 INSERT_ENTRY = "INSERT INTO mq_entries (queue_id, message_id, priority) VALUES (?, ?, ?)"
-# An entry that expires (x-message-ttl, expiration): enters ix_mq_entries_expiry.
-INSERT_ENTRY_TTL = (
-    "INSERT INTO mq_entries (queue_id, message_id, priority, expires_at_ms) VALUES (?, ?, ?, ?)"
+# An entry that expires (x-message-ttl, expiration: enters ix_mq_entries_expiry) or is
+# counted (a queue with a length limit: size set, the mq_entries_count_* triggers count it).
+INSERT_ENTRY_FULL = (
+    "INSERT INTO mq_entries (queue_id, message_id, priority, expires_at_ms, size) "
+    "VALUES (?, ?, ?, ?, ?)"
 )
 
 # --- length limits (x-max-length, x-max-length-bytes) --------------------------------------
-# Ready entries, counted up to a bound (ix_mq_entries_ready): x-max-length counts ready
-# messages only, as RabbitMQ does.
-COUNT_READY_UPTO = (
-    "SELECT count(*) FROM (SELECT 1 FROM mq_entries INDEXED BY ix_mq_entries_ready "
-    "WHERE queue_id = ? AND lease_token IS NULL LIMIT ?)"
-)
-# Ready entries and their body bytes (ix_mq_entries_ready, then the message by primary key).
-COUNT_READY_BYTES = (
-    "SELECT count(*), coalesce(sum(length(m.body)), 0) "
-    "FROM mq_entries e INDEXED BY ix_mq_entries_ready JOIN mq_messages m ON m.id = e.message_id "
-    "WHERE e.queue_id = ? AND e.lease_token IS NULL"
-)
-# The head of a queue, in delivery order, with body sizes (drop-head).
+# Ready messages and bytes of a limited queue, kept by triggers (primary key): x-max-length
+# counts ready messages only, as RabbitMQ does.
+SELECT_READY_COUNTS = "SELECT ready_count, ready_bytes FROM mq_queues WHERE id = ?"
+# The head of a queue, in delivery order, with sizes (drop-head; ix_mq_entries_ready).
 SELECT_HEAD = (
-    "SELECT e.id, length(m.body) "
-    "FROM mq_entries e INDEXED BY ix_mq_entries_ready JOIN mq_messages m ON m.id = e.message_id "
-    "WHERE e.queue_id = ? AND e.lease_token IS NULL ORDER BY e.priority DESC, e.id LIMIT ?"
+    "SELECT id, size FROM mq_entries INDEXED BY ix_mq_entries_ready "
+    "WHERE queue_id = ? AND lease_token IS NULL ORDER BY priority DESC, id LIMIT ?"
 )
 
 # --- expiry and dead-lettering ---------------------------------------------------------------
@@ -182,11 +181,11 @@ DELETE_ENTRIES = "DELETE FROM mq_entries WHERE id IN (SELECT value FROM json_eac
 ACK_ENTRY = "DELETE FROM mq_entries WHERE id = ? AND lease_token = ?"
 ENTRY_EXISTS = "SELECT 1 FROM mq_entries WHERE id = ?"
 # Requeue: clear the lease, keep the id so the message keeps its place in the queue. Every
-# requeue returns (queue, entry, over its queue's x-delivery-limit?): a NULL limit is never
-# exceeded.
+# requeue returns (queue, entry, over its queue's x-delivery-limit? (a NULL limit is never
+# exceeded), in a queue with a length limit? (only those entries have a size)).
 _RETURNING_OVER_LIMIT = (
     "RETURNING queue_id, id, delivery_count > (SELECT delivery_limit FROM mq_queues q "
-    "WHERE q.id = mq_entries.queue_id)"
+    "WHERE q.id = mq_entries.queue_id), size IS NOT NULL"
 )
 REQUEUE_ENTRY = (
     "UPDATE mq_entries SET lease_token = NULL, lease_owner = NULL, leased_at_ms = NULL, "

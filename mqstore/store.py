@@ -76,6 +76,9 @@ def exchange_declare(
             "ACCESS_REFUSED - operation not permitted on the default exchange"
         )
     if row is None:
+        # As RabbitMQ: the reserved prefix is checked only for an exchange that does not
+        # exist, so an equivalent redeclare of amq.direct is fine (a different type is 406).
+        core.check_name("exchange", name)
         args = codec.encode_table(arguments) if arguments else None
         tx.conn.execute(
             sql.INSERT_EXCHANGE,
@@ -396,8 +399,8 @@ def _route_from(
         name, kind, args_text = pending.pop()
         matched = False
         if kind == "direct":
-            for queue_id, *target in conn.execute(sql.ROUTE_DIRECT, (name, routing_key)):
-                targets[queue_id] = tuple(target)  # type: ignore[assignment]
+            for route in conn.execute(sql.ROUTE_DIRECT, (name, routing_key)):
+                targets[route[0]] = route[1:]
                 matched = True
         else:
             for queue_id, mp, ttl, ml, mlb, key, args in conn.execute(sql.ROUTE_ALL, (name,)):
@@ -439,6 +442,12 @@ def _matches(
     return routing.headers_match(codec.decode_table(args) if args else {}, headers)
 
 
+def _plain(row: Sequence[Any], expiration: int | None) -> bool:
+    """A route row (queue id, max_priority, message_ttl_ms, max_length, max_length_bytes)
+    whose queue needs none of the queue features for this message."""
+    return expiration is None and row[2] is None and row[3] is None and row[4] is None
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
     """A publish one or more queues refused (``x-overflow`` reject-publish[-dlx]): the
@@ -473,22 +482,31 @@ def publish(
             "free disk space is below the limit: publish refused (not stored); acks and "
             "deletes still work so consumers can drain"
         )
-    targets = _route(tx, exchange, routing_key, headers)
-    if not targets:
+    targets: Mapping[int, Target] | None = None
+    if exchange == "":
+        row = tx.conn.execute(sql.ROUTE_DEFAULT, (routing_key,)).fetchone()
+    else:
+        targets = _route(tx, exchange, routing_key, headers)
+        row = None
+        if len(targets) == 1:
+            ((queue_id, target),) = targets.items()
+            row = (queue_id, *target)
+    if row is None and not targets:
         tx.conn.execute(sql.INCREMENT_COUNTER, ("unroutable", 1))
         return 0
-    if len(targets) == 1 and expiration is None:
-        # The common case, kept as it was: one queue, no TTL, no length limit.
-        ((queue_id, (max_priority, ttl, max_len, max_bytes)),) = targets.items()
-        if ttl is None and max_len is None and max_bytes is None:
-            cursor = tx.conn.execute(
-                sql.INSERT_MESSAGE,
-                (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties),
-            )
-            entry_priority = min(priority, max_priority) if max_priority else 0
-            tx.conn.execute(sql.INSERT_ENTRY, (queue_id, cursor.lastrowid, entry_priority))
-            tx.touched.add(queue_id)
-            return 1
+    if row is not None and _plain(row, expiration):
+        # The common case, two statements as ever: one queue, no TTL, no length limit.
+        cursor = tx.conn.execute(
+            sql.INSERT_MESSAGE,
+            (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties),
+        )
+        max_priority = row[1]
+        entry_priority = min(priority, max_priority) if max_priority else 0
+        tx.conn.execute(sql.INSERT_ENTRY, (row[0], cursor.lastrowid, entry_priority))
+        tx.touched.add(row[0])
+        return 1
+    if targets is None:
+        targets = {row[0]: row[1:]}
     message = (exchange, routing_key, properties, body, amqp_properties)
     routed, refused = _store(tx, targets, message, priority, expiration, None, 0)
     if refused:
@@ -539,35 +557,38 @@ def _store(
     )
     message_id = cursor.lastrowid
     plain = []
-    timed = []
-    for queue_id, (max_priority, ttl, _, _) in accepted:
+    full = []
+    for queue_id, (max_priority, ttl, max_len, max_bytes) in accepted:
         entry_priority = min(priority, max_priority) if max_priority else 0
-        if ttl is None and expiration is None:
+        limited_queue = max_len is not None or max_bytes is not None
+        if ttl is None and expiration is None and not limited_queue:
             plain.append((queue_id, message_id, entry_priority))
-        else:
+            continue
+        expires_at = None
+        if ttl is not None or expiration is not None:
             # The lower of the queue's and the message's TTL applies (RabbitMQ's rule).
             lifetime = min(t for t in (ttl, expiration) if t is not None)
-            timed.append((queue_id, message_id, entry_priority, tx.wall_ms + lifetime))
+            expires_at = tx.wall_ms + lifetime
+        size = len(body) if limited_queue else None
+        full.append((queue_id, message_id, entry_priority, expires_at, size))
     if plain:
         tx.conn.executemany(sql.INSERT_ENTRY, plain)
-    if timed:
-        tx.conn.executemany(sql.INSERT_ENTRY_TTL, timed)
+    if full:
+        tx.conn.executemany(sql.INSERT_ENTRY_FULL, full)
     tx.touched.update(q for q, _ in accepted)
     for queue in limited:
         _drop_head(tx, queue, depth)
     return len(accepted), refused
 
 
+def _within(max_len: int | None, max_bytes: int | None, count: int, total: int) -> bool:
+    return (max_len is None or count <= max_len) and (max_bytes is None or total <= max_bytes)
+
+
 def _is_full(tx: Txn, queue: Mapping[str, Any], size: int) -> bool:
     """Would one more message of ``size`` bytes exceed the queue's length limits?"""
-    max_len, max_bytes = queue["max_length"], queue["max_length_bytes"]
-    if max_bytes is None:
-        count = tx.conn.execute(sql.COUNT_READY_UPTO, (queue["id"], max_len + 1)).fetchone()[0]
-        return bool(count + 1 > max_len)
-    count, total = tx.conn.execute(sql.COUNT_READY_BYTES, (queue["id"],)).fetchone()
-    if max_len is not None and count + 1 > max_len:
-        return True
-    return bool(total + size > max_bytes)
+    count, total = tx.conn.execute(sql.SELECT_READY_COUNTS, (queue["id"],)).fetchone()
+    return not _within(queue["max_length"], queue["max_length_bytes"], count + 1, total + size)
 
 
 def _drop_head(tx: Txn, queue: Mapping[str, Any], depth: int) -> None:
@@ -575,18 +596,14 @@ def _drop_head(tx: Txn, queue: Mapping[str, Any], depth: int) -> None:
     until it is within its limits again."""
     max_len, max_bytes = queue["max_length"], queue["max_length_bytes"]
     queue_id = queue["id"]
-    if max_bytes is None:
-        count = tx.conn.execute(sql.COUNT_READY_UPTO, (queue_id, max_len + 2)).fetchone()[0]
-        if count <= max_len:
-            return
-        total = 0
-    else:
-        count, total = tx.conn.execute(sql.COUNT_READY_BYTES, (queue_id,)).fetchone()
-        if (max_len is None or count <= max_len) and total <= max_bytes:
-            return
+    count, total = tx.conn.execute(sql.SELECT_READY_COUNTS, (queue_id,)).fetchone()
+    if _within(max_len, max_bytes, count, total):
+        return
+    # Without a byte limit the number to drop is known; with one, walk the head.
+    limit = count - max_len if max_bytes is None and max_len is not None else count
     victims = []
-    for entry_id, size in tx.conn.execute(sql.SELECT_HEAD, (queue_id, count)):
-        if (max_len is None or count <= max_len) and (max_bytes is None or total <= max_bytes):
+    for entry_id, size in tx.conn.execute(sql.SELECT_HEAD, (queue_id, limit)):
+        if _within(max_len, max_bytes, count, total):
             break
         victims.append(entry_id)
         count -= 1
@@ -898,16 +915,24 @@ def release(tx: Txn, leases: Iterable[tuple[int, int]], *, requeue: bool) -> lis
     return stale
 
 
-def _returned(tx: Txn, rows: Sequence[tuple[int, int, Any]]) -> int:
+def _returned(tx: Txn, rows: Sequence[tuple[int, int, Any, Any]]) -> int:
     """Entries came back to their queues (nack/reject with requeue, a lapsed lease, a dead
-    or closed owner): wake their consumers, and dead-letter those that exceeded their
-    queue's x-delivery-limit (every return counts, as in quorum queues)."""
+    or closed owner): wake their consumers, dead-letter those that exceeded their queue's
+    x-delivery-limit (every return counts, as in quorum queues), and bring a full drop-head
+    queue back within its length limit (the returned message is back at its head)."""
     poison: dict[int, list[int]] = {}
-    for queue_id, entry_id, over_limit in rows:
+    limited: set[int] = set()
+    for queue_id, entry_id, over_limit, counted in rows:
         tx.touched.add(queue_id)
         if over_limit:
             poison.setdefault(queue_id, []).append(entry_id)
+        if counted:
+            limited.add(queue_id)
     _dead_letter_by_queue(tx, poison, "delivery_limit")
+    for queue_id in limited:
+        queue = _queue_by_id(tx, queue_id)
+        if queue is not None and queue["arguments"].get("x-overflow", "drop-head") == "drop-head":
+            _drop_head(tx, queue, 0)
     return len(rows)
 
 
@@ -945,6 +970,8 @@ def add_consumer(tx: Txn, session: int, queue: str, tag: str, *, exclusive: bool
             f"ACCESS_REFUSED - {core.queue_desc(queue)} in exclusive use"
         )
     row = tx.conn.execute(sql.INSERT_CONSUMER, (session, target["id"], tag, exclusive))
+    if target["expires_ms"] is not None:
+        tx.conn.execute(sql.PARK_QUEUE_EXPIRY, (target["id"],))
     return int(row.fetchone()[0])
 
 

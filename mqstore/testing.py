@@ -330,7 +330,9 @@ class Broker:
         (opened for the call when no connection holds one)."""
         from . import engine, wal
 
-        limit = wal.DEFAULT_DISK_FREE_LIMIT if self.disk_free_limit is None else self.disk_free_limit
+        limit = (
+            wal.DEFAULT_DISK_FREE_LIMIT if self.disk_free_limit is None else self.disk_free_limit
+        )
         eng = engine.acquire(self.path, self.clock, limit)
         try:
             return fn(eng)

@@ -139,34 +139,33 @@ def test_live_connection_renews_its_leases(blocking_connect):
     holder.basic_ack(method.delivery_tag)
 
 
-def test_renewal_keeps_a_lease_past_its_first_deadline(blocking_connect, fake_clock):
-    conn = blocking_connect(clock=fake_clock)
-    holder = conn.channel()
+def test_renewal_keeps_a_lease_past_its_first_deadline(mqstore_broker):
+    holder = mqstore_broker.connect().channel()
     holder.queue_declare("q", arguments={"x-visibility-timeout": 300})
     holder.basic_publish("", "q", b"m")
-    other = blocking_connect(clock=fake_clock).channel()
+    other = mqstore_broker.connect().channel()
     method, _, _ = holder.basic_get("q")
 
     for _ in range(5):
-        fake_clock.advance(200)
-        conn._engine.upkeep()  # what the upkeep thread does every 0.5 s
+        mqstore_broker.advance(200)  # and upkeep, as the upkeep thread runs every 0.5 s
 
     assert other.basic_get("q") == (None, None, None)
+    assert mqstore_broker.messages("q")[0].state == "leased"
     holder.basic_ack(method.delivery_tag)
 
 
-def test_consumer_timeout_stops_renewal(blocking_connect, fake_clock):
-    conn = blocking_connect(clock=fake_clock)
-    holder = conn.channel()
+def test_consumer_timeout_stops_renewal(mqstore_broker):
+    holder = mqstore_broker.connect().channel()
     holder.queue_declare("q", arguments={"x-visibility-timeout": 300, "x-consumer-timeout": 200})
     holder.basic_publish("", "q", b"m")
-    other = blocking_connect(clock=fake_clock).channel()
+    other = mqstore_broker.connect().channel()
     method, _, _ = holder.basic_get("q")
 
     # Renewal happens while the delivery is younger than the consumer timeout, then stops.
     for _ in range(5):
-        fake_clock.advance(150)
-        conn._engine.upkeep()
+        mqstore_broker.advance(150)
+    [message] = mqstore_broker.messages("q")
+    assert (message.state, message.redelivered) == ("ready", True)
     late, _, body = other.basic_get("q")
 
     assert body == b"m"

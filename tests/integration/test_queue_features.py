@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import mqstore
 from mqstore import BasicProperties
@@ -244,8 +246,7 @@ def test_max_length_counts_ready_messages_only(conn, ch):
     assert ready(ch, "q") == 1
     # The requeued message goes back to the head of a full queue and is dropped at once.
     ch.basic_nack(method.delivery_tag, requeue=True)
-    ch.basic_publish("", "q", b"c")
-    assert bodies(ch, "q") == [b"c"]
+    assert bodies(ch, "q") == [b"b"]
 
 
 def test_max_length_zero(conn, ch):
@@ -620,17 +621,139 @@ def test_queues_declared_before_0004_get_their_features(tmp_path, fake_clock):
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0003")
             conn.exec_driver_sql(
-                "INSERT INTO mq_queues (name, durable, auto_delete, arguments, "
-                "consumer_timeout_ms, created_at_ms) VALUES ('q', 1, 0, ?, 1000, 0)",
-                (mqstore.codec.encode_table({"x-max-length": 1}),),
+                "INSERT INTO mq_queues (id, name, durable, auto_delete, arguments, "
+                "consumer_timeout_ms, created_at_ms) VALUES (7, 'q', 1, 0, ?, 1000, 0)",
+                (mqstore.codec.encode_table({"x-max-length": 2, "x-max-length-bytes": 100}),),
+            )
+            # A message already in it, stored by the older revision.
+            conn.exec_driver_sql(
+                "INSERT INTO mq_messages (id, exchange, routing_key, body, published_at_ms) "
+                "VALUES (1, '', 'q', 'old', 0)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO mq_entries (queue_id, message_id, priority) VALUES (7, 1, 0)"
             )
     finally:
         engine.dispose()
     conn = mqstore.BlockingConnection(mqstore.ConnectionParameters(path=path, clock=fake_clock))
     try:
+        assert conn._engine.run(_counts_of, "q") == ((1, 3), (1, 3))
         ch = conn.channel()
         for body in (b"a", b"b"):
             ch.basic_publish("", "q", body)
-        assert bodies(ch, "q") == [b"b"]
+        assert conn._engine.run(_counts_of, "q") == ((2, 2), (2, 2))
+        assert bodies(ch, "q") == [b"a", b"b"]
+    finally:
+        conn.close()
+
+
+# --- properties --------------------------------------------------------------------------
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.integers(0, 3), st.integers(0, 12)),
+        st.tuples(st.just("get"), st.booleans(), st.just(0)),
+        st.tuples(st.just("settle"), st.sampled_from(["ack", "requeue", "reject"]), st.just(0)),
+        st.tuples(st.just("advance"), st.integers(0, 60), st.just(0)),
+        st.tuples(st.just("purge"), st.just(0), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=OPS)
+def test_length_counters_match_the_ready_entries(tmp_path_factory, ops):
+    """Whatever happens to a limited queue (publishes with priorities and TTLs, gets, acks,
+    requeues, rejects, expiry, purge), its trigger-kept ready_count/ready_bytes equal the
+    ready entries and the limits hold; so for its drop-head dead-letter target."""
+    from tests.conftest import FakeClock
+
+    clock = FakeClock()
+    path = str(tmp_path_factory.mktemp("prop") / "p.db")
+    conn = mqstore.BlockingConnection(mqstore.ConnectionParameters(path=path, clock=clock))
+    try:
+        ch = conn.channel()
+        ch.exchange_declare("dlx", "fanout")
+        ch.queue_declare("dead", arguments={"x-max-length": 3})
+        ch.queue_bind("dead", "dlx")
+        args = {
+            "x-max-length": 4,
+            "x-max-length-bytes": 30,
+            "x-max-priority": 3,
+            "x-message-ttl": 50,
+            "x-dead-letter-exchange": "dlx",
+        }
+        ch.queue_declare("q", arguments=args)
+        held: list[int] = []
+        for op, a, b in ops:
+            if op == "publish":
+                ch.basic_publish("", "q", b"x" * b, BasicProperties(priority=a))
+            elif op == "get":
+                method, _, _ = ch.basic_get("q", auto_ack=a)
+                if method is not None and not a:
+                    held.append(method.delivery_tag)
+            elif op == "settle" and held:
+                tag = held.pop(0)
+                if a == "ack":
+                    ch.basic_ack(tag)
+                else:
+                    ch.basic_nack(tag, requeue=a == "requeue")
+            elif op == "advance":
+                clock.advance(a)
+            elif op == "purge":
+                ch.queue_purge("q")
+            conn._engine.upkeep()
+            for queue, max_len, max_bytes in (("q", 4, 30), ("dead", 3, None)):
+                kept, actual = conn._engine.run(_counts_of, queue)
+                assert kept == actual
+                assert actual[0] <= max_len
+                assert max_bytes is None or actual[1] <= max_bytes
+    finally:
+        conn.close()
+
+
+def _counts_of(tx, queue):
+    kept = tx.conn.execute(
+        "SELECT ready_count, ready_bytes FROM mq_queues WHERE name = ?", (queue,)
+    ).fetchone()
+    actual = tx.conn.execute(
+        "SELECT count(*), coalesce(sum(length(m.body)), 0) FROM mq_entries e "
+        "JOIN mq_messages m ON m.id = e.message_id JOIN mq_queues q ON q.id = e.queue_id "
+        "WHERE q.name = ? AND e.lease_token IS NULL",
+        (queue,),
+    ).fetchone()
+    return tuple(kept), tuple(actual)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sent=st.lists(st.tuples(st.integers(0, 6), st.booleans()), max_size=25),
+)
+def test_priority_order_under_requeues(tmp_path_factory, sent):
+    """Higher priority first, FIFO within a priority, including messages that were
+    delivered and requeued (they keep their place)."""
+    path = str(tmp_path_factory.mktemp("prio") / "p.db")
+    conn = mqstore.BlockingConnection(mqstore.ConnectionParameters(path=path))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("q", arguments={"x-max-priority": 4})
+        for i, (priority, _) in enumerate(sent):
+            ch.basic_publish("", "q", str(i), BasicProperties(priority=priority))
+        # Take some, then requeue them all: order must be as if never taken.
+        tags = []
+        for _, take in sent:
+            if take:
+                method, _, _ = ch.basic_get("q")
+                tags.append(method.delivery_tag)
+        for tag in reversed(tags):
+            ch.basic_nack(tag, requeue=True)
+        got = [int(body) for body in bodies(ch, "q")]
+        expected = sorted(range(len(sent)), key=lambda i: (-min(sent[i][0], 4), i))
+        assert got == expected
     finally:
         conn.close()

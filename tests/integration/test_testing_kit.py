@@ -126,7 +126,7 @@ def test_advance_needs_a_manual_clock(tmp_path: Path) -> None:
         Broker(tmp_path / "b.db").advance(1)
 
 
-# --- simulate_crash and recover ---------------------------------------------------------------------
+# --- simulate_crash and recover ---------------------------------------------------------------
 
 
 def test_simulated_crash_leaves_leases_consumers_and_exclusive_queues_in_place(

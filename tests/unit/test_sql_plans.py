@@ -44,12 +44,12 @@ def plan(conn: sqlite3.Connection, statement: str, params: tuple) -> str:
         (sql.LEASE_ENTRIES, (1, 1, 0, 0, "[1]"), "INTEGER PRIMARY KEY"),
         (sql.DELETE_ENTRIES, ("[1]",), "INTEGER PRIMARY KEY"),
         # Queue features (docs/queue-features.md).
-        (sql.INSERT_ENTRY_TTL, (1, 1, 0, 5), ""),
+        (sql.INSERT_ENTRY_FULL, (1, 1, 0, 5, 3), ""),
         (sql.SELECT_EXPIRED, (1, 10), "ix_mq_entries_expiry"),
         (sql.SELECT_EXPIRED_QUEUES, (1, 10), "ix_mq_queues_expiry"),
         (sql.TOUCH_QUEUE, (1, 1), "INTEGER PRIMARY KEY"),
-        (sql.COUNT_READY_UPTO, (1, 10), "ix_mq_entries_ready"),
-        (sql.COUNT_READY_BYTES, (1,), "ix_mq_entries_ready"),
+        (sql.PARK_QUEUE_EXPIRY, (1,), "INTEGER PRIMARY KEY"),
+        (sql.SELECT_READY_COUNTS, (1,), "INTEGER PRIMARY KEY"),
         (sql.SELECT_HEAD, (1, 10), "ix_mq_entries_ready"),
         (sql.SELECT_ENTRY_MESSAGE, (1,), "INTEGER PRIMARY KEY"),
         (sql.REJECT_ENTRY, (1, 2), "INTEGER PRIMARY KEY"),
@@ -70,6 +70,12 @@ def test_queue_subqueries_use_the_primary_key(conn: sqlite3.Connection) -> None:
     for statement, params in ((sql.REQUEUE_ENTRY, (1, 2)), (sql.REJECT_ENTRY, (1, 2))):
         text = plan(conn, statement, params)
         assert "SEARCH q USING INTEGER PRIMARY KEY" in text, text
+
+
+def test_count_triggers_update_their_queue_by_primary_key(conn: sqlite3.Connection) -> None:
+    """The mq_entries_count_* triggers (length limits) run one primary-key UPDATE each."""
+    text = plan(conn, "UPDATE mq_queues SET ready_count = ready_count + 1 WHERE id = ?", (1,))
+    assert "INTEGER PRIMARY KEY" in text, text
 
 
 def test_release_trigger_finds_sibling_entries_by_index(conn: sqlite3.Connection) -> None:
