@@ -240,15 +240,18 @@ class Engine:
                 + sqlite3.sqlite_version
             )
         try:
+            new_file = not os.path.exists(path) or os.path.getsize(path) == 0
+        except OSError:
+            new_file = False
+        try:
             conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
             )
         except sqlite3.Error as exc:
             raise _map_sqlite_error(exc, path) from exc
         try:
-            _set_pragmas(conn)
-            # quick_check reports most damage as rows, not as an exception: read them all.
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+            _set_pragmas(conn, new_file=new_file)
+            problems = _quick_check(conn, path)
             if problems != ["ok"]:
                 raise errors.StoreCorruptError(
                     f"{path}: database disk image is malformed (quick_check: {problems[0]!r}); "
@@ -258,6 +261,9 @@ class Engine:
 
             if migrate.current_revision(conn) != migrate.HEAD:
                 migrate.migrate(path)
+            # From here Engine._begin retries BUSY itself, in finer steps than SQLite's busy
+            # handler (opening above keeps the handler: journal_mode and migration wait).
+            conn.execute("PRAGMA busy_timeout=0")
         except BaseException as exc:
             conn.close()  # a refused file keeps no handle (and no POSIX lock) open
             if isinstance(exc, sqlite3.Error):
@@ -357,8 +363,40 @@ class Engine:
                 self._leader = True
             self._lead(until=None)
 
+    @staticmethod
+    def _run_all(tx: store.Txn, batch: list[_Op]) -> bool:
+        """Run every operation; False (stopping early) as soon as one is refused."""
+        for op in batch:
+            op.result = _call(tx, op)
+            if op.error is not None:
+                return False
+        return True
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, retrying while another process holds the write lock.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, which turns
+        a brief contention into tens of milliseconds of latency; this retries after 50 us,
+        doubling up to 2 ms, within the same overall bound."""
+        delay = 0.00005
+        deadline = None
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + BUSY_TIMEOUT_MS / 1000
+                elif now >= deadline:
+                    raise
+                _PAUSE.wait(delay)  # not time.sleep: libfaketime breaks it (EINVAL)
+                delay = min(delay * 2, 0.002)
+
     def _execute(self, batch: list[_Op]) -> None:
-        """Run ``batch`` in one transaction (each operation behind a savepoint)."""
+        """Run ``batch`` in one transaction: one commit (and fsync) for all of it."""
         conn = self._conn
         tx = store.Txn(conn, self.clock.now_ms(), self.clock.wall_ms())
         tx.low_disk = self.disk.low()
@@ -371,14 +409,23 @@ class Engine:
                     "PRAGMA synchronous=FULL" if sync_full else "PRAGMA synchronous=NORMAL"
                 )
                 self._sync_full = sync_full
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             if len(batch) == 1:
-                # A lone operation that fails is rolled back whole, no savepoint needed.
+                # A lone operation that fails is rolled back whole.
                 op = batch[0]
                 op.result = _call(tx, op)
                 conn.execute("ROLLBACK" if op.error is not None else "COMMIT")
+            elif self._run_all(tx, batch):
+                conn.execute("COMMIT")
             else:
+                # One operation was refused: undo the batch and replay it with a savepoint
+                # around each operation, so the refusal undoes only its own writes.
+                conn.execute("ROLLBACK")
+                tx = store.Txn(conn, tx.now_ms, tx.wall_ms)
+                tx.low_disk = self.disk.low()
+                self._begin()
                 for op in batch:
+                    op.error = None
                     conn.execute("SAVEPOINT op")
                     op.result = _call(tx, op)
                     if op.error is not None:
@@ -582,6 +629,7 @@ class Engine:
         try:
             self.checkpointer.follow_writes(self._conn, wrote=False, now=time.monotonic())
             self._checkpoint_result = self.checkpointer.maybe_checkpoint(self._conn)
+            self.checkpointer.maybe_vacuum(self._conn)
         except sqlite3.Error as exc:
             raise _map_sqlite_error(exc, self.path) from exc
         return self._checkpoint_result
@@ -641,17 +689,38 @@ class Engine:
             self._sender.close()
 
 
-def _set_pragmas(conn: sqlite3.Connection) -> None:
+QUICK_CHECK_MAX_BYTES = 64 * 1024 * 1024
+_PAUSE = threading.Event()  # never set: a sleep that works under libfaketime
+
+
+def _quick_check(conn: sqlite3.Connection, path: str) -> list[str]:
+    """Check the whole file at open when it is small (quick_check is O(file size): seconds
+    for millions of messages); larger files are checked page by page as SQLite reads them
+    (damage is then SQLITE_CORRUPT, raised as StoreCorruptError)."""
+    if os.path.getsize(path) > QUICK_CHECK_MAX_BYTES:
+        return ["ok"]
+    # quick_check reports most damage as rows, not as an exception: read them all.
+    return [row[0] for row in conn.execute("PRAGMA quick_check")]
+
+
+def _set_pragmas(conn: sqlite3.Connection, *, new_file: bool) -> None:
     """The one place pragmas are set.
 
-    - journal_mode=WAL: readers never block the writer; commits append to the WAL.
+    - auto_vacuum=INCREMENTAL on new files; journal_mode=WAL: readers never block the
+      writer, commits append to the WAL.
     - synchronous: FULL for batches holding publishes (fsync before a publish returns),
       NORMAL otherwise; see the module docstring. Set per batch in Engine._execute.
     - foreign_keys=ON: deleting a queue cascades to its entries, bindings and consumers.
-    - busy_timeout: writers wait (bounded) for another process's write lock.
+    - busy_timeout: opening waits (bounded) for other processes; once open, the engine
+      sets it to 0 and Engine._begin retries in finer steps than SQLite's busy handler.
     - journal_size_limit: the WAL file is truncated back to 8 MiB after checkpoints.
     - wal_autocheckpoint=0: see mqstore.wal (one checkpointing process per file).
     """
+    if new_file:
+        # Before journal_mode writes the header: a drained queue's pages can then go back
+        # to the file system (wal.Checkpointer.maybe_vacuum). Existing files (an
+        # application's own, or a damaged one) are never touched by it.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     for _ in range(50):
         try:
             conn.execute("PRAGMA journal_mode=WAL").fetchone()

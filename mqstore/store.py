@@ -442,12 +442,6 @@ def _matches(
     return routing.headers_match(codec.decode_table(args) if args else {}, headers)
 
 
-def _plain(row: Sequence[Any], expiration: int | None) -> bool:
-    """A route row (queue id, max_priority, message_ttl_ms, max_length, max_length_bytes)
-    whose queue needs none of the queue features for this message."""
-    return expiration is None and row[2] is None and row[3] is None and row[4] is None
-
-
 @dataclass(frozen=True, slots=True)
 class Refused:
     """A publish one or more queues refused (``x-overflow`` reject-publish[-dlx]): the
@@ -485,28 +479,32 @@ def publish(
     targets: Mapping[int, Target] | None = None
     if exchange == "":
         row = tx.conn.execute(sql.ROUTE_DEFAULT, (routing_key,)).fetchone()
+        if row is None:
+            tx.conn.execute(sql.INCREMENT_COUNTER, ("unroutable", 1))
+            return 0
+        queue_id, max_priority, ttl, max_len, max_bytes = row
+        plain = expiration is None and ttl is None and max_len is None and max_bytes is None
     else:
         targets = _route(tx, exchange, routing_key, headers)
-        row = None
-        if len(targets) == 1:
-            ((queue_id, target),) = targets.items()
-            row = (queue_id, *target)
-    if row is None and not targets:
-        tx.conn.execute(sql.INCREMENT_COUNTER, ("unroutable", 1))
-        return 0
-    if row is not None and _plain(row, expiration):
+        if not targets:
+            tx.conn.execute(sql.INCREMENT_COUNTER, ("unroutable", 1))
+            return 0
+        plain = False
+        if len(targets) == 1 and expiration is None:
+            ((queue_id, (max_priority, ttl, max_len, max_bytes)),) = targets.items()
+            plain = ttl is None and max_len is None and max_bytes is None
+    if plain:
         # The common case, two statements as ever: one queue, no TTL, no length limit.
         cursor = tx.conn.execute(
             sql.INSERT_MESSAGE,
             (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties),
         )
-        max_priority = row[1]
         entry_priority = min(priority, max_priority) if max_priority else 0
-        tx.conn.execute(sql.INSERT_ENTRY, (row[0], cursor.lastrowid, entry_priority))
-        tx.touched.add(row[0])
+        tx.conn.execute(sql.INSERT_ENTRY, (queue_id, cursor.lastrowid, entry_priority))
+        tx.touched.add(queue_id)
         return 1
     if targets is None:
-        targets = {row[0]: row[1:]}
+        targets = {queue_id: (max_priority, ttl, max_len, max_bytes)}
     message = (exchange, routing_key, properties, body, amqp_properties)
     routed, refused = _store(tx, targets, message, priority, expiration, None, 0)
     if refused:

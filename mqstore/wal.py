@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 AUTOCHECKPOINT_PAGES = 1000  # SQLite's default: about 4 MiB of WAL
 PASSIVE_AT_BYTES = 4 * 1024 * 1024
 IDLE_RELEASE_S = 5.0
+VACUUM_AT_FREE_PAGES = 1024  # 4 MiB of free pages
+VACUUM_PAGES_PER_TICK = 2048
 # After a checkpoint the WAL restarts from its beginning and is truncated to this size.
 JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
 TRUNCATE_AT_BYTES = 64 * 1024 * 1024
@@ -125,6 +127,19 @@ class Checkpointer:
                 extra={"action": "checkpoint_busy"},
             )
         return self.last_result
+
+    def maybe_vacuum(self, conn: sqlite3.Connection) -> int:
+        """As leader, give free pages back to the file system a slice at a time (files
+        created with auto_vacuum=INCREMENTAL); returns the pages freed."""
+        if self._fd is None:
+            return 0
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if free < VACUUM_AT_FREE_PAGES:
+            return 0
+        pages = min(free, VACUUM_PAGES_PER_TICK)
+        # Each step of the statement frees one page: executescript steps it to the end.
+        conn.executescript(f"PRAGMA incremental_vacuum({pages});")
+        return int(pages)
 
     def close(self) -> None:
         if self._fd is not None:

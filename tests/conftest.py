@@ -8,7 +8,6 @@ import pytest
 
 from mqstore.testing import ManualClock
 
-
 # The fake clock is the testing kit's (mqstore.testing, also a pytest plugin for users).
 FakeClock = ManualClock
 

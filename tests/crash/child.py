@@ -16,6 +16,7 @@ import os
 import shlex
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,10 +36,18 @@ def say(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+_NEVER = threading.Event()
+
+
+def pause(seconds: float | None = None) -> None:
+    """Sleep (``None``: for ever). Not time.sleep: under libfaketime (the clock-skew tests)
+    its absolute clock_nanosleep fails with EINVAL; a timed lock wait does not."""
+    _NEVER.wait(seconds)
+
+
 def block_forever() -> None:
     """Hold whatever the child holds until the parent kills it."""
-    while True:
-        time.sleep(3600)
+    pause()
 
 
 def connect(args: argparse.Namespace) -> mqstore.BlockingConnection:
@@ -171,7 +180,7 @@ def drain(args: argparse.Namespace) -> None:
                 if time.monotonic() > give_up:
                     say("gave-up", got=got)
                     break
-                time.sleep(0.01)
+                pause(0.01)
                 continue
             say(
                 "got",
@@ -211,6 +220,46 @@ def consume(args: argparse.Namespace) -> None:
             while not os.path.exists(args.start_file):
                 time.sleep(0.001)
         while not os.path.exists(args.stop_file):
+            conn.process_data_events(time_limit=0.05)
+    say("bye")
+
+
+def work(args: argparse.Namespace) -> None:
+    """A worker for random kills: as ``consume``, plus an ``acking`` line right before each
+    basic_ack, and a ``synced`` line after every ``sync_every`` acks.
+
+    basic_ack may return before its commit (a deferred ack, committed by the next group
+    commit, like an AMQP ack on the wire), so an ``acked`` line alone does not prove the ack
+    is stored: ``synced`` is printed after a synchronous operation (a passive declare),
+    which commits every ack queued before it. A kill after ``got`` and before ``acking``
+    hits a delivery whose ack never began; acks after the last ``synced`` of a killed
+    worker are in flight (outcome unknown)."""
+    acked = 0
+    with connect(args) as conn:
+        channel = conn.channel()
+        channel.basic_qos(prefetch_count=args.prefetch)
+
+        def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+            nonlocal acked
+            message_id = body.decode()
+            say(
+                "got",
+                id=message_id,
+                redelivered=int(method.redelivered),
+                count=method.delivery_count,
+                t=now(),
+            )
+            say("acking", id=message_id)
+            ch.basic_ack(method.delivery_tag)
+            say("acked", id=message_id, t=now())
+            acked += 1
+            if acked % args.sync_every == 0:
+                ch.queue_declare(args.queue, passive=True)
+                say("synced")
+
+        channel.basic_consume(args.queue, on_message)
+        say("ready")
+        while not (args.stop_file and os.path.exists(args.stop_file)):
             conn.process_data_events(time_limit=0.05)
     say("bye")
 
@@ -293,6 +342,7 @@ MODES: dict[str, Callable[[argparse.Namespace], None]] = {
     "fence": fence,
     "drain": drain,
     "consume": consume,
+    "work": work,
     "churn": churn,
     "fork": fork_check,
 }
@@ -312,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-file")
     parser.add_argument("--declare", action="store_true")
     parser.add_argument("--give-up-s", type=float, default=10.0)
+    parser.add_argument("--sync-every", type=int, default=10)
     args = parser.parse_args(argv)
     try:
         MODES[args.mode](args)

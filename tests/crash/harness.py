@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +58,18 @@ class ChildFailed(AssertionError):
 class Child:
     """One child process and the lines it printed so far."""
 
-    def __init__(self, mode: str, db: str | os.PathLike[str], *args: str, name: str = "") -> None:
+    def __init__(
+        self,
+        mode: str,
+        db: str | os.PathLike[str],
+        *args: str,
+        name: str = "",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``env``: extra environment variables (LD_PRELOAD of libfaketime ...)."""
         self.name = name or mode
         self.argv = [sys.executable, "-m", "tests.crash.child", mode, str(db), *args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             self.argv,

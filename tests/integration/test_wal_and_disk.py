@@ -159,3 +159,30 @@ def test_only_the_checkpointer_connection_autocheckpoints(db_path: str) -> None:
         assert out.stdout.split() == ["False", "0"]
     finally:
         publisher.close()
+
+
+def test_new_files_give_a_drained_queues_pages_back(db_path: str) -> None:
+    # Given a large queue published and then drained
+    connection = mqstore.BlockingConnection(
+        mqstore.ConnectionParameters(path=db_path, durability="normal")
+    )
+    try:
+        engine = connection._engine
+        assert engine._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+        channel = connection.channel()
+        channel.queue_declare("big")
+        body = os.urandom(8192)
+        for _ in range(2000):
+            channel.basic_publish("", "big", body)
+        channel.queue_purge("big")
+        engine.checkpointer.try_lead()
+        free_before = engine._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        assert free_before >= wal.VACUUM_AT_FREE_PAGES
+        # When the checkpointer's upkeep runs a few times
+        for _ in range(10):
+            engine.checkpoint()
+        # Then the free pages were handed back (the file no longer holds them)
+        free_after = engine._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        assert free_after < wal.VACUUM_AT_FREE_PAGES
+    finally:
+        connection.close()
