@@ -40,6 +40,9 @@ CROSS_PROCESS_POLL_S = 0.025
 IDLE_POLL_S = 0.1
 # At most this many extra expiry sweeps (store.EXPIRY_BATCH each) per upkeep round.
 SWEEP_ROUNDS = 20
+# Upkeep never waits less than this for a delayed message already due (no busy loop when
+# another process promotes it, or a test's clock stands still).
+DUE_FLOOR_S = 0.001
 
 
 class _Op:
@@ -210,7 +213,12 @@ class Engine:
         self._sessions: dict[int, int] = {}  # live session id -> default lease ms
         self._stop = threading.Event()
         self._upkeep_interval = UPKEEP_INTERVAL_S
+        # Routing tables (topic tries) kept between transactions, keyed by exchange and
+        # checked against the file's topology version; used only by the leader thread.
+        self._route_cache: dict[object, object] = {}
         self._upkeep_wake = threading.Event()
+        # When (wall ms) the next delayed message is due: upkeep wakes then to promote it.
+        self._next_due_ms: int | None = None
         self.refs = 0
         self._watcher: threading.Thread | None = None
         self._listener: notify.WakeListener | None = None
@@ -398,7 +406,7 @@ class Engine:
     def _execute(self, batch: list[_Op]) -> None:
         """Run ``batch`` in one transaction: one commit (and fsync) for all of it."""
         conn = self._conn
-        tx = store.Txn(conn, self.clock.now_ms(), self.clock.wall_ms())
+        tx = store.Txn(conn, self.clock.now_ms(), self.clock.wall_ms(), cache=self._route_cache)
         tx.low_disk = self.disk.low()
         sync_full = any(op.sync for op in batch)
         try:
@@ -421,7 +429,7 @@ class Engine:
                 # One operation was refused: undo the batch and replay it with a savepoint
                 # around each operation, so the refusal undoes only its own writes.
                 conn.execute("ROLLBACK")
-                tx = store.Txn(conn, tx.now_ms, tx.wall_ms)
+                tx = store.Txn(conn, tx.now_ms, tx.wall_ms, cache=self._route_cache)
                 tx.low_disk = self.disk.low()
                 self._begin()
                 for op in batch:
@@ -456,6 +464,8 @@ class Engine:
             self.notify()
         if tx.shortest_lease_ms is not None:
             self._lease_taken(tx.shortest_lease_ms)
+        if tx.scheduled_ms is not None:
+            self._scheduled(tx.scheduled_ms)
         # This process writes: take the checkpointer role if it is free (it follows writes).
         self.checkpointer.follow_writes(conn, wrote=True, now=time.monotonic())
 
@@ -586,8 +596,10 @@ class Engine:
         self._refresh_peers(tx)
         store.renew(tx, dict(self._sessions))
         store.requeue_expired(tx)
-        swept = store.sweep(tx)  # message TTLs (dead-lettering) and unused queues (x-expires)
+        # Due delayed messages, message TTLs (dead-lettering), unused queues (x-expires).
+        swept = store.sweep(tx)
         self._reap(tx)
+        self._next_due_ms = store.next_due(tx)
         return swept
 
     def upkeep(self) -> None:
@@ -647,9 +659,26 @@ class Engine:
             self._upkeep_interval = interval
             self._upkeep_wake.set()
 
+    def _scheduled(self, deliver_at_ms: int) -> None:
+        """A delayed message was stored: wake upkeep in time if it is due before the next
+        planned round."""
+        due = self._next_due_ms
+        if due is None or deliver_at_ms < due:
+            self._next_due_ms = deliver_at_ms
+            self._upkeep_wake.set()
+
+    def _upkeep_wait(self) -> float:
+        """Seconds until the next upkeep round: the interval, or sooner when a delayed
+        message is due sooner (one timer for all of them, never one per message)."""
+        due = self._next_due_ms
+        if due is None:
+            return self._upkeep_interval
+        until = (due - self.clock.wall_ms()) / 1000
+        return min(self._upkeep_interval, max(until, DUE_FLOOR_S))
+
     def _upkeep_loop(self) -> None:
         while not self._stop.is_set():
-            if self._upkeep_wake.wait(self._upkeep_interval):
+            if self._upkeep_wake.wait(self._upkeep_wait()):
                 # A shorter lease was taken, or the engine closes: wait again, shorter.
                 self._upkeep_wake.clear()
                 continue

@@ -213,7 +213,8 @@ RENEW_OWNER = (
 )
 VOID_ALL_LEASES = (
     "UPDATE mq_entries SET lease_token = NULL, lease_owner = NULL, leased_at_ms = NULL, "
-    "lease_expires_at_ms = NULL WHERE lease_token IS NOT NULL " + _RETURNING_OVER_LIMIT
+    "lease_expires_at_ms = NULL WHERE lease_token IS NOT NULL AND deliver_at_ms IS NULL "
+    + _RETURNING_OVER_LIMIT
 )
 
 # --- sessions and consumers ---------------------------------------------------------------
@@ -238,6 +239,11 @@ DELETE_QUEUE_IF_UNUSED_AUTO_DELETE = (
 
 # --- meta and counters --------------------------------------------------------------------
 SELECT_META = "SELECT value FROM mq_meta WHERE key = ?"
+# Bindings or queues changed: every process's routing cache is stale (store.Txn.topology).
+BUMP_TOPOLOGY = (
+    "INSERT INTO mq_meta (key, value) VALUES ('topology', '1') "
+    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
 UPSERT_META = (
     "INSERT INTO mq_meta (key, value) VALUES (?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -254,3 +260,25 @@ INSERT_LISTENER = (
 )
 DELETE_LISTENER = "DELETE FROM mq_listeners WHERE address = ?"
 SELECT_LISTENERS = "SELECT address FROM mq_listeners"
+
+# --- delayed delivery (x-delay, delay=) ----------------------------------------------------
+# A scheduled entry holds the SCHEDULED pseudo lease token (store.SCHEDULED), so it is out of
+# ix_mq_entries_ready (and not counted by the length-limit triggers) until promoted; its
+# deliver_at_ms (wall clock) puts it in ix_mq_entries_scheduled, which nothing else reads.
+INSERT_ENTRY_SCHEDULED = (
+    "INSERT INTO mq_entries (queue_id, message_id, priority, expires_at_ms, size, "
+    "lease_token, deliver_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# Promote due entries (ix_mq_entries_scheduled), oldest due first, in bounded batches. The
+# lease-token change lets mq_entries_count_lease count them as ready.
+PROMOTE_DUE = (
+    "UPDATE mq_entries SET lease_token = NULL, deliver_at_ms = NULL WHERE id IN ("
+    "SELECT id FROM mq_entries INDEXED BY ix_mq_entries_scheduled "
+    "WHERE deliver_at_ms IS NOT NULL AND deliver_at_ms <= ? ORDER BY deliver_at_ms LIMIT ?) "
+    "RETURNING queue_id, size IS NOT NULL"
+)
+# When the next scheduled entry is due (the index's first row), or NULL.
+NEXT_DUE = (
+    "SELECT min(deliver_at_ms) FROM mq_entries INDEXED BY ix_mq_entries_scheduled "
+    "WHERE deliver_at_ms IS NOT NULL"
+)

@@ -27,6 +27,10 @@ EXPIRY_BATCH = 500
 # Dead-lettering that triggers more dead-lettering (a full DLX target dropping its head ...)
 # stops at this depth: cycle detection ends every loop, this only bounds a pathological chain.
 MAX_DEAD_LETTER_DEPTH = 32
+# The pseudo lease token of a scheduled (delayed) entry: not NULL, so the entry is out of
+# ix_mq_entries_ready and the length-limit counts; no real lease has it (tokens are > 0) and
+# no lease owner, so no ack, requeue or lease sweep touches it. deliver_at_ms says when due.
+SCHEDULED = -1
 
 
 @dataclass(slots=True)
@@ -42,6 +46,24 @@ class Txn:
     shortest_lease_ms: int | None = None
     # Free disk space is below the limit: publishes are refused (wal.DiskGuard).
     low_disk: bool = False
+    # The earliest deliver_at_ms (wall) a delayed publish in this transaction scheduled:
+    # the engine's upkeep thread wakes for it.
+    scheduled_ms: int | None = None
+    # The engine's routing cache (outlives transactions); see _topic_targets.
+    cache: dict[Any, Any] | None = None
+    _topology: int | None = None
+
+    def topology(self) -> int:
+        """The file's topology version, read once per transaction."""
+        if self._topology is None:
+            row = self.conn.execute(sql.SELECT_META, ("topology",)).fetchone()
+            self._topology = int(row[0]) if row else 0
+        return self._topology
+
+    def topology_changed(self) -> None:
+        """Bindings or queues changed: routing caches of every process are stale."""
+        self.conn.execute(sql.BUMP_TOPOLOGY)
+        self._topology = None
 
 
 # --- exchanges ----------------------------------------------------------------------------
@@ -110,6 +132,7 @@ def exchange_delete(tx: Txn, name: str, *, if_unused: bool) -> None:
     if if_unused and tx.conn.execute(sql.EXCHANGE_HAS_BINDINGS, (name,)).fetchone():
         raise core.precondition(f"{core.exchange_desc(name)} in use")
     tx.conn.execute(sql.DELETE_EXCHANGE, (name,))
+    tx.topology_changed()
 
 
 # --- queues -------------------------------------------------------------------------------
@@ -247,6 +270,7 @@ def _drop_queue(tx: Txn, queue_id: int) -> None:
     that lost their last binding."""
     exchanges = [r[0] for r in tx.conn.execute(sql.SELECT_QUEUE_EXCHANGES, (queue_id,))]
     tx.conn.execute(sql.DELETE_QUEUE, (queue_id,))
+    tx.topology_changed()
     for exchange in exchanges:
         tx.conn.execute(sql.DELETE_UNUSED_AUTO_DELETE_EXCHANGE, (exchange, exchange))
     tx.queues_deleted = True
@@ -296,6 +320,7 @@ def queue_bind(
     core.check_binding_arguments(exchange_type, arguments)
     args = codec.encode_table(arguments) if arguments else ""
     tx.conn.execute(sql.INSERT_BINDING, (exchange, queue_id, routing_key, args))
+    tx.topology_changed()
 
 
 def queue_unbind(
@@ -309,6 +334,7 @@ def queue_unbind(
     queue_id, _ = _binding_target(tx, session, queue, exchange)
     args = codec.encode_table(arguments) if arguments else ""
     tx.conn.execute(sql.DELETE_BINDING, (exchange, queue_id, routing_key, args))
+    tx.topology_changed()
     tx.conn.execute(sql.DELETE_UNUSED_AUTO_DELETE_EXCHANGE, (exchange, exchange))
 
 
@@ -339,6 +365,7 @@ def exchange_bind(
     core.check_binding_arguments(_exchange_pair(tx, destination, source), arguments)
     args = codec.encode_table(arguments) if arguments else ""
     tx.conn.execute(sql.INSERT_EXCHANGE_BINDING, (source, destination, routing_key, args))
+    tx.topology_changed()
 
 
 def exchange_unbind(
@@ -352,6 +379,7 @@ def exchange_unbind(
     _exchange_pair(tx, destination, source)
     args = codec.encode_table(arguments) if arguments else ""
     tx.conn.execute(sql.DELETE_EXCHANGE_BINDING, (source, destination, routing_key, args))
+    tx.topology_changed()
     tx.conn.execute(sql.DELETE_UNUSED_AUTO_DELETE_EXCHANGE, (source, source))
 
 
@@ -402,6 +430,10 @@ def _route_from(
             for route in conn.execute(sql.ROUTE_DIRECT, (name, routing_key)):
                 targets[route[0]] = route[1:]
                 matched = True
+        elif kind == "topic" and tx.cache is not None:
+            for queue_id, target in _topic_targets(tx, name, routing_key):
+                matched = True
+                targets.setdefault(queue_id, target)
         else:
             for queue_id, mp, ttl, ml, mlb, key, args in conn.execute(sql.ROUTE_ALL, (name,)):
                 if matched and queue_id in targets:
@@ -427,6 +459,25 @@ def _route_from(
                 if row is not None:  # a missing alternate exchange: dropped, as RabbitMQ
                     pending.append((alternate, row[1], row[5]))
     return targets
+
+
+def _topic_targets(tx: Txn, exchange: str, routing_key: str) -> list[tuple[int, Target]]:
+    """Queues a topic exchange's bindings take ``routing_key`` to, through a trie of its
+    bindings cached per process and rebuilt when the topology version moves: matching
+    costs the key's length, not the number of bindings."""
+    assert tx.cache is not None
+    version = tx.topology()
+    cached = tx.cache.get(("topic", exchange))
+    if cached is None or cached[0] != version:
+        index = routing.TopicIndex()
+        details: dict[int, Target] = {}
+        for queue_id, mp, ttl, ml, mlb, key, _ in tx.conn.execute(sql.ROUTE_ALL, (exchange,)):
+            index.add(key, queue_id)
+            details[queue_id] = (mp, ttl, ml, mlb)
+        cached = (version, index, details)
+        tx.cache[("topic", exchange)] = cached
+    _, index, details = cached
+    return [(queue_id, details[queue_id]) for queue_id in sorted(index.match(routing_key))]
 
 
 def _matches(
@@ -465,12 +516,13 @@ def publish(
     headers: Mapping[str, Any] | None,
     amqp_properties: bytes | None = None,
     expiration: int | None = None,
+    delay: int | None = None,
 ) -> int | Refused:
     """Route and store one message; returns the number of queues it reached (0: dropped and
     counted as unroutable), or :class:`Refused` when a full queue refused it. ``expiration``:
     the message's per-message TTL in ms. ``amqp_properties``: the raw AMQP property bytes an
     AMQP publisher sent, stored beside the decoded ``properties`` so delivery loses
-    nothing."""
+    nothing. ``delay``: ms before the message becomes deliverable (x-delay, delay=)."""
     if tx.low_disk:
         raise errors.StoreFullError(
             "free disk space is below the limit: publish refused (not stored); acks and "
@@ -493,6 +545,11 @@ def publish(
         if len(targets) == 1 and expiration is None:
             ((queue_id, (max_priority, ttl, max_len, max_bytes)),) = targets.items()
             plain = ttl is None and max_len is None and max_bytes is None
+    if delay is not None and delay > 0:
+        if targets is None:
+            targets = {queue_id: (max_priority, ttl, max_len, max_bytes)}
+        message = (exchange, routing_key, properties, body, amqp_properties)
+        return _schedule(tx, targets, message, priority, expiration, tx.wall_ms + delay)
     if plain:
         # The common case, two statements as ever: one queue, no TTL, no length limit.
         cursor = tx.conn.execute(
@@ -577,6 +634,63 @@ def _store(
     for queue in limited:
         _drop_head(tx, queue, depth)
     return len(accepted), refused
+
+
+def _schedule(
+    tx: Txn,
+    targets: Mapping[int, Target],
+    message: tuple[str, str, str | None, bytes, bytes | None],
+    priority: int,
+    expiration: int | None,
+    deliver_at: int,
+) -> int:
+    """Store a delayed message: its entries wait, out of the ready index, until
+    ``deliver_at`` (wall ms). As with RabbitMQ's delayed-message exchange, the message is
+    not in its queues until then: it counts toward no length limit, and its TTL starts when
+    it becomes deliverable. Routing happens now, though (the plugin routes when due)."""
+    exchange, routing_key, properties, body, amqp_properties = message
+    cursor = tx.conn.execute(
+        sql.INSERT_MESSAGE, (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties)
+    )
+    message_id = cursor.lastrowid
+    rows = []
+    for queue_id, (max_priority, ttl, max_len, max_bytes) in targets.items():
+        entry_priority = min(priority, max_priority) if max_priority else 0
+        expires_at = None
+        if ttl is not None or expiration is not None:
+            lifetime = min(t for t in (ttl, expiration) if t is not None)
+            expires_at = deliver_at + lifetime
+        size = len(body) if max_len is not None or max_bytes is not None else None
+        rows.append(
+            (queue_id, message_id, entry_priority, expires_at, size, SCHEDULED, deliver_at)
+        )
+    tx.conn.executemany(sql.INSERT_ENTRY_SCHEDULED, rows)
+    if tx.scheduled_ms is None or deliver_at < tx.scheduled_ms:
+        tx.scheduled_ms = deliver_at
+    return len(rows)
+
+
+def promote_due(tx: Txn) -> int:
+    """Make delayed entries that are due deliverable (ix_mq_entries_scheduled: nothing is
+    read when nothing is due), up to EXPIRY_BATCH; wake their consumers; bring a drop-head
+    queue a promotion overfilled back within its length limit."""
+    rows = tx.conn.execute(sql.PROMOTE_DUE, (tx.wall_ms, EXPIRY_BATCH)).fetchall()
+    limited: set[int] = set()
+    for queue_id, counted in rows:
+        tx.touched.add(queue_id)
+        if counted:
+            limited.add(queue_id)
+    for queue_id in limited:
+        queue = _queue_by_id(tx, queue_id)
+        if queue is not None and queue["arguments"].get("x-overflow", "drop-head") == "drop-head":
+            _drop_head(tx, queue, 0)
+    return len(rows)
+
+
+def next_due(tx: Txn) -> int | None:
+    """When (wall ms) the next delayed entry becomes deliverable; None if none waits."""
+    row = tx.conn.execute(sql.NEXT_DUE).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def _within(max_len: int | None, max_bytes: int | None, count: int, total: int) -> bool:
@@ -785,7 +899,7 @@ def expire_queues(tx: Txn) -> int:
 def sweep(tx: Txn) -> int:
     """The upkeep thread's expiry sweep: message TTLs, then queue TTLs. Returns the larger
     count, so the caller sweeps again while a batch came back full."""
-    return max(expire_entries(tx), expire_queues(tx))
+    return max(promote_due(tx), expire_entries(tx), expire_queues(tx))
 
 
 # --- leasing ------------------------------------------------------------------------------
@@ -809,6 +923,7 @@ def lease(
     """Lease messages for several consumers in one transaction. A result is None when the
     queue no longer exists (its consumer is cancelled)."""
     requeue_expired(tx)
+    promote_due(tx)
     expire_entries(tx)
     results: list[list[LeasedMessage] | None] = []
     for request in requests:
@@ -823,6 +938,7 @@ def lease(
 def get(tx: Txn, session: int, request: LeaseRequest) -> list[LeasedMessage]:
     """basic_get: lease (or take, with auto_ack) the head of one queue; 404/405 as consume."""
     requeue_expired(tx)
+    promote_due(tx)
     expire_entries(tx)
     queue = _accessible_queue(tx, session, request.queue)
     _touch_queue(tx, queue)
@@ -980,6 +1096,8 @@ def remove_consumer(tx: Txn, consumer_id: int) -> None:
         return
     queue_id = row[0]
     deleted = tx.conn.execute(sql.DELETE_QUEUE_IF_UNUSED_AUTO_DELETE, (queue_id, queue_id))
+    if deleted.rowcount:
+        tx.topology_changed()
     if deleted.rowcount:
         # The queue is gone; its bindings went with it (ON DELETE CASCADE).
         tx.queues_deleted = True
