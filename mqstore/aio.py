@@ -21,6 +21,7 @@ import functools
 import inspect
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from . import engine, errors
@@ -29,6 +30,9 @@ from .state import ChannelState, Consumer, Steps, drive_async
 from .types import BasicProperties, Deliver, Method
 
 _BUFFER_LIMIT = 100
+# An iterator's buffer is refilled once it is down to this many deliveries, so a steady
+# consumer leases in batches instead of one transaction per acknowledged message.
+_REFILL_AT = 25
 
 
 async def connect(path: str = ConnectionParameters.path, **options: Any) -> AsyncConnection:
@@ -338,10 +342,15 @@ class AsyncChannel:
         body: bytes | str,
         properties: BasicProperties | None = None,
         mandatory: bool = False,
+        *,
+        delay: float | timedelta | None = None,
     ) -> None:
-        """Publish one message; returns once it is committed. UnroutableError as blocking."""
+        """Publish one message; returns once it is committed. UnroutableError as blocking;
+        ``delay`` (keyword-only, seconds) as blocking."""
         returned = await self._run(
-            self._state.basic_publish(exchange, routing_key, body, properties, mandatory)
+            self._state.basic_publish(
+                exchange, routing_key, body, properties, mandatory, delay=delay
+            )
         )
         if returned is not None:
             for callback in self._return_callbacks:
@@ -360,7 +369,7 @@ class AsyncChannel:
 
     async def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
         await self._run(self._state.basic_ack(delivery_tag, multiple))
-        self._wake.set()
+        self._room_freed()
 
     async def basic_nack(
         self, delivery_tag: int = 0, multiple: bool = False, requeue: bool = True
@@ -375,6 +384,11 @@ class AsyncChannel:
     async def basic_recover(self, requeue: bool = True) -> None:
         await self._run(self._state.basic_recover(requeue))
         self._wake.set()
+
+    def _room_freed(self) -> None:
+        """An ack freed prefetch room: fetch more, unless iterators still hold plenty."""
+        if all(buffer.qsize() <= _REFILL_AT for buffer in self._buffers.values()):
+            self._wake.set()
 
     async def basic_consume(
         self,
@@ -424,7 +438,7 @@ class AsyncChannel:
                 item = await buffer.get()
                 if item is _END:
                     return
-                if buffer.qsize() < _BUFFER_LIMIT:
+                if buffer.qsize() <= _REFILL_AT:
                     self._wake.set()
                 yield item
         finally:
