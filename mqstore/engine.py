@@ -84,6 +84,28 @@ class _Op:
         return self.result
 
 
+def _finish_all(batch: list[_Op]) -> None:
+    """Finish a committed batch: one wake-up per event loop for all its awaited operations
+    (instead of one call_soon_threadsafe, and one self-pipe write, per operation)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
+    for op in batch:
+        if op.future is not None and op.loop is not None:
+            op.done = True
+            if op.on_done is not None:
+                op.on_done(op.result, op.error)
+            by_loop.setdefault(op.loop, []).append(op)
+        else:
+            op.finish()
+    for loop, ops in by_loop.items():
+        loop.call_soon_threadsafe(_settle_all, ops)
+
+
+def _settle_all(ops: list[_Op]) -> None:
+    for op in ops:
+        assert op.future is not None
+        _settle(op.future, op.result, op.error)
+
+
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.cancelled():
         return
@@ -458,8 +480,7 @@ class Engine:
                 op.error = exc
                 op.finish()
             raise
-        for op in batch:
-            op.finish()
+        _finish_all(batch)
         if tx.touched or tx.queues_deleted:
             self.notify()
         if tx.shortest_lease_ms is not None:
