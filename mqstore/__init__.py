@@ -3,7 +3,7 @@ in one SQLite file, with a pika-shaped blocking API and an asyncio API."""
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import aio
+from . import aio, rpc
 from . import errors as exceptions
 from . import types as spec
 from .blocking import BlockingChannel, BlockingConnection, ConnectionParameters, URLParameters
@@ -97,5 +97,6 @@ __all__ = [
     "__version__",
     "aio",
     "exceptions",
+    "rpc",
     "spec",
 ]

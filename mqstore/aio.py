@@ -17,6 +17,7 @@ concurrent coroutines share commits (group commit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import itertools
@@ -249,6 +250,23 @@ class AsyncChannel:
     async def confirm_delivery(self) -> None:
         """Accepted for compatibility: every publish is confirmed by its own commit."""
         self._state.check_open()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncChannel]:
+        """As the blocking ``channel.transaction()``: acks, nacks, rejects and publishes made
+        on this channel inside the block (by any task) are committed together in one store
+        transaction at exit, or discarded if the block raises."""
+        self._state.tx_select()
+        try:
+            yield self
+        except BaseException:
+            self._state.tx_rollback(keep_open=False)
+            raise
+        returned = await self._run(self._state.tx_commit(keep_open=False))
+        for message in returned:
+            for callback in self._return_callbacks:
+                await _maybe_await(callback(self, message.method, message.properties, message.body))
+        self._wake.set()
 
     async def exchange_declare(
         self,

@@ -12,12 +12,14 @@ connections); the channel rules live in :mod:`mqstore.state`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from . import core, engine, errors, wal
@@ -268,6 +270,30 @@ class BlockingChannel:
         """Accepted for pika compatibility: every publish is already confirmed by its commit."""
         self._state.check_open()
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[BlockingChannel]:
+        """Acks, nacks, rejects and publishes made inside the block are committed together,
+        in ONE store transaction (one fsync), when it exits; if it raises, none of them is
+        stored and the deliveries it settled are unacked on the channel again (as after
+        AMQP Tx.Rollback). Also the batch publish API: 100 publishes, one commit.
+
+        Inside the block ``basic_publish`` and ``basic_ack`` return at once without storing
+        anything. A mandatory publish no queue took goes to the return callbacks after the
+        commit (nothing is raised: the rest of the transaction is committed). A publish a
+        full ``reject-publish`` queue refuses, or an ack whose lease was lost, fails the
+        whole commit (NackError, LeaseLostError). See docs/transactions.md.
+        """
+        self._state.tx_select()
+        try:
+            yield self
+        except BaseException:
+            self._state.tx_rollback(keep_open=False)
+            raise
+        returned = self._run(self._state.tx_commit(keep_open=False))
+        for message in returned:
+            for callback in self._return_callbacks:
+                callback(self, message.method, message.properties, message.body)
+
     def exchange_declare(
         self,
         exchange: str,
@@ -355,6 +381,8 @@ class BlockingChannel:
         body: bytes | str,
         properties: BasicProperties | None = None,
         mandatory: bool = False,
+        *,
+        delay: float | timedelta | None = None,
     ) -> None:
         """Publish one message; returns once it is committed (durable).
 
@@ -363,9 +391,15 @@ class BlockingChannel:
             NotFoundError: 404, the exchange does not exist.
             AccessRefusedError: 403, the exchange is internal.
             MessageTooLargeError: 406, the body exceeds ``max_message_size``.
+
+        ``delay`` (keyword-only, seconds or a timedelta): the message is stored now but
+        delivered only once the delay has passed (an ``x-delay`` header, in ms, does the
+        same; docs/queue-features.md).
         """
         returned = self._run(
-            self._state.basic_publish(exchange, routing_key, body, properties, mandatory)
+            self._state.basic_publish(
+                exchange, routing_key, body, properties, mandatory, delay=delay
+            )
         )
         if returned is not None:
             self._returned(returned)

@@ -270,12 +270,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
+    jobs = sub.add_parser("worker", help="run mqstore.jobs tasks (docs/jobs.md)")
+    jobs.add_argument("app", help="the jobs App to serve, as module:attribute")
+    jobs.add_argument("--concurrency", "-c", type=_positive, default=os.cpu_count() or 1)
+    jobs.add_argument("--pool", choices=["processes", "threads"], default="processes")
+    jobs.add_argument("--burst", action="store_true", help="exit once no task is left")
+    jobs.set_defaults(func=cmd_jobs_worker)
     worker = sub.add_parser("_worker")  # hidden: no help, not in the COMMAND metavar
     worker.add_argument("--db", required=True)
     worker.add_argument("--queue", required=True)
     worker.add_argument("--job-seconds", type=float, default=JOB_SECONDS)
     worker.set_defaults(func=cmd_worker)
     return parser
+
+
+def cmd_jobs_worker(args: argparse.Namespace) -> int:
+    from .jobs import worker
+
+    sys.path.insert(0, os.getcwd())  # module:app names the user's module, as celery does
+    worker.run(args.app, concurrency=args.concurrency, pool=args.pool, burst=args.burst)
+    return 0
 
 
 def _positive(text: str) -> int:

@@ -195,6 +195,27 @@ def feature_columns(args: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def dedup_window_ms(args: Mapping[str, Any]) -> int | None:
+    """``x-deduplication-window`` (seconds, already validated) in ms; None: off."""
+    value = args.get("x-deduplication-window")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return max(1, int(value * 1000))
+
+
+def _check_dedup_window(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise precondition(
+            f"invalid arg 'x-deduplication-window' for {queue_desc(name)}: "
+            f"expected number of seconds, got {type(value).__name__}"
+        )
+    if not value > 0 or value * 1000 > TEN_YEARS_MS:
+        raise precondition(
+            f"invalid arg 'x-deduplication-window' for {queue_desc(name)}: "
+            f"{{value_out_of_range,{value}}}"
+        )
+
+
 def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         return None
@@ -224,6 +245,8 @@ def queue_settings(name: str, arguments: Mapping[str, Any] | None) -> QueueSetti
             )
     if "x-expires" in args:
         _check_positive("x-expires", name, args["x-expires"])
+    if "x-deduplication-window" in args:
+        _check_dedup_window(name, args["x-deduplication-window"])
     for key in ("x-max-length", "x-max-length-bytes", "x-delivery-limit"):
         if key in args:
             _check_non_negative(key, name, args[key])

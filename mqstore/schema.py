@@ -114,6 +114,8 @@ queues = Table(
     # queues with a length limit only (their entries carry a size); 0 for other queues.
     Column("ready_count", Integer, nullable=False, server_default=text("0")),
     Column("ready_bytes", Integer, nullable=False, server_default=text("0")),
+    # Deduplication window in ms (x-deduplication-window); NULL: off. Added by 0005.
+    Column("dedup_window_ms", Integer, nullable=True),
 )
 # Unused queues by deadline, for the queue-expiry sweep.
 Index(
@@ -121,6 +123,24 @@ Index(
     queues.c.expires_at_ms,
     sqlite_where=queues.c.expires_at_ms.is_not(None),
 )
+
+# Message ids accepted by queues with a deduplication window (x-deduplication-window): a
+# publish whose message_id has a row here that has not expired is dropped for that queue.
+# The upkeep sweep deletes expired rows by expires_at_ms.
+dedup = Table(
+    "mq_dedup",
+    metadata,
+    Column(
+        "queue_id",
+        Integer,
+        ForeignKey("mq_queues.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("message_id", String, primary_key=True),
+    Column("accepted_at_ms", Integer, nullable=False),
+    Column("expires_at_ms", Integer, nullable=False),
+)
+Index("ix_mq_dedup_expires_at_ms", dedup.c.expires_at_ms)
 
 bindings = Table(
     "mq_bindings",
@@ -166,6 +186,11 @@ consumers = Table(
     Column("queue_id", Integer, ForeignKey("mq_queues.id", ondelete="CASCADE"), nullable=False),
     Column("tag", String, nullable=False),
     Column("exclusive", Boolean, nullable=False),
+    # x-priority: consumers of a queue with a higher priority get its messages while they
+    # have capacity; ``blocked`` (1: its prefetch window is full) is kept only for
+    # consumers with an x-priority argument (docs/consumers.md).
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("blocked", Integer, nullable=False, server_default=text("0")),
 )
 Index("ix_mq_consumers_queue_id", consumers.c.queue_id)
 Index("ix_mq_consumers_session_id", consumers.c.session_id)
@@ -206,6 +231,10 @@ entries = Table(
     # The body's bytes, set only in queues with a length limit: such entries are counted
     # into mq_queues.ready_count/ready_bytes by triggers; NULL for every other entry.
     Column("size", Integer, nullable=True),
+    # Wall-clock time a delayed message (x-delay, delay=) becomes deliverable; NULL: it is.
+    # Until then the entry holds the SCHEDULED pseudo lease token (-1), which keeps it out
+    # of the ready index and the length-limit counts (docs/queue-features.md).
+    Column("deliver_at_ms", Integer, nullable=True),
 )
 # The head of each queue: ready entries in delivery order. Leasing reads only this index.
 Index(
@@ -233,6 +262,13 @@ Index(
     "ix_mq_entries_expiry",
     entries.c.expires_at_ms,
     sqlite_where=entries.c.expires_at_ms.is_not(None) & entries.c.lease_token.is_(None),
+)
+# Scheduled entries by due time, for the promotion sweep (entries without a delay are not
+# in it, so a plain publish pays nothing).
+Index(
+    "ix_mq_entries_scheduled",
+    entries.c.deliver_at_ms,
+    sqlite_where=entries.c.deliver_at_ms.is_not(None),
 )
 # All entries of a queue (counts, purge, delete) and of a message (the release trigger).
 Index("ix_mq_entries_queue_id", entries.c.queue_id)

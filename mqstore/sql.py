@@ -254,6 +254,26 @@ INCREMENT_COUNTER = (
 )
 SELECT_COUNTERS = "SELECT name, value FROM mq_counters"
 
+# --- deduplication (x-deduplication-window) -------------------------------------------------
+
+SET_DEDUP_WINDOW = "UPDATE mq_queues SET dedup_window_ms = ? WHERE name = ?"
+SELECT_DEDUP_WINDOWS = (
+    "SELECT id, name, dedup_window_ms FROM mq_queues "
+    "WHERE id IN (SELECT value FROM json_each(?)) AND dedup_window_ms IS NOT NULL"
+)
+SEEN_MESSAGE_ID = (
+    "SELECT 1 FROM mq_dedup WHERE queue_id = ? AND message_id = ? AND expires_at_ms > ?"
+)
+REMEMBER_MESSAGE_ID = (
+    "INSERT INTO mq_dedup (queue_id, message_id, accepted_at_ms, expires_at_ms) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (queue_id, message_id) DO UPDATE SET "
+    "accepted_at_ms = excluded.accepted_at_ms, expires_at_ms = excluded.expires_at_ms"
+)
+EXPIRE_DEDUP = (
+    "DELETE FROM mq_dedup WHERE rowid IN (SELECT rowid FROM mq_dedup "
+    "WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?)"
+)
+
 # --- cross-process wake-ups ---------------------------------------------------------------
 INSERT_LISTENER = (
     "INSERT OR REPLACE INTO mq_listeners (address, pid, created_at_ms) VALUES (?, ?, ?)"
@@ -282,3 +302,17 @@ NEXT_DUE = (
     "SELECT min(deliver_at_ms) FROM mq_entries INDEXED BY ix_mq_entries_scheduled "
     "WHERE deliver_at_ms IS NOT NULL"
 )
+
+# --- single active consumer, consumer priorities --------------------------------------------
+INSERT_CONSUMER_PRIORITY = (
+    "INSERT INTO mq_consumers (session_id, queue_id, tag, exclusive, priority) "
+    "VALUES (?, ?, ?, ?, ?) RETURNING id"
+)
+# x-single-active-consumer: the queue's oldest consumer is the active one.
+SELECT_ACTIVE_CONSUMER = "SELECT id FROM mq_consumers WHERE queue_id = ? ORDER BY id LIMIT 1"
+# The highest priority among the queue's other consumers with capacity (ix_mq_consumers_*).
+SELECT_TOP_PRIORITY = (
+    "SELECT max(priority) FROM mq_consumers WHERE queue_id = ? AND NOT blocked "
+    "AND id NOT IN (SELECT value FROM json_each(?))"
+)
+SET_CONSUMER_BLOCKED = "UPDATE mq_consumers SET blocked = ? WHERE id = ? RETURNING queue_id"

@@ -9,11 +9,13 @@ here, so neither re-implements routing, leasing or bookkeeping.
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Collection, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import codec, core, errors, store
+from . import codec, core, errors, store, txn
+from .delay import delay_ms, delayed_type
 from .types import (
     BasicProperties,
     BasicQosOk,
@@ -34,6 +36,11 @@ from .types import (
 )
 
 FETCH_LIMIT = 100
+# Direct reply-to (RabbitMQ's pseudo-queue): a channel consuming from it gets a hidden
+# exclusive auto-delete queue named REPLY_TO + "." + a random suffix; a publish on that
+# channel with reply_to=REPLY_TO carries that name instead, so replies (default exchange,
+# routing key = reply_to) reach the consumer from any process. See docs/rpc.md.
+REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,10 @@ class Consumer:
     callback: Any
     row_id: int = 0
     unacked: int = 0
+    # x-priority (None: not given). Only consumers with one report a full prefetch window
+    # to other processes (``blocked``), so lower-priority consumers may take over.
+    priority: int | None = None
+    blocked: bool = False
 
 
 @dataclass(slots=True)
@@ -112,6 +123,10 @@ class ChannelState:
         self.now_ms: Any = None
         # An error of a deferred ack, raised by the channel's next operation.
         self.deferred_error: errors.MqstoreError | None = None
+        # The hidden queue behind this channel's direct reply-to consumer, if any.
+        self.reply_queue: str | None = None
+        # The open transaction (mqstore.txn): acks and publishes wait in it for tx_commit.
+        self.tx: txn.TxBuffer | None = None
 
     @property
     def _durable_sync(self) -> bool:
@@ -138,7 +153,7 @@ class ChannelState:
         arguments: Mapping[str, Any] | None = None,
     ) -> Steps:
         self.check_open()
-        kind = core.check_exchange_type(exchange_type)
+        kind = core.check_exchange_type(delayed_type(exchange_type, arguments))
         name = core.check_name("exchange", exchange, allow_reserved=True)
         yield Call(
             store.exchange_declare,
@@ -270,9 +285,12 @@ class ChannelState:
         properties: BasicProperties | None = None,
         mandatory: bool = False,
         amqp_properties: bytes | None = None,
+        *,
+        delay: Any = None,
     ) -> Steps:
         """Store one message; returns a ReturnedMessage when mandatory and unroutable.
-        ``amqp_properties``: the AMQP server's raw property bytes, stored for delivery."""
+        ``amqp_properties``: the AMQP server's raw property bytes, stored for delivery.
+        ``delay`` (seconds) or an ``x-delay`` header (ms): deliverable only then."""
         self.check_open()
         data = core.coerce_body(body)
         xname = core.check_name("exchange", exchange, allow_reserved=True)
@@ -283,6 +301,15 @@ class ChannelState:
                 f"max size {self.settings.max_message_size}"
             )
         fields = properties.fields() if properties is not None else {}
+        if fields.get("reply_to") == REPLY_TO:
+            if self.reply_queue is None or not any(
+                c.queue == self.reply_queue for c in self.consumers.values()
+            ):
+                raise core.precondition("fast reply consumer does not exist")
+            # The reply address of this channel's consumer; the raw AMQP bytes (if any) are
+            # dropped so the delivered properties carry the rewritten reply_to.
+            fields["reply_to"] = self.reply_queue
+            amqp_properties = None
         core.check_expiration(fields.get("expiration"))
         encoded = codec.encode_properties(fields) if fields else None
         extra: dict[str, Any] = {}
@@ -290,12 +317,22 @@ class ChannelState:
             extra["amqp_properties"] = amqp_properties
         if "expiration" in fields:
             extra["expiration"] = core.message_expiration(fields["expiration"])
-        routed = yield Call(
+        held = delay_ms(fields.get("headers"), delay)
+        if held is not None:
+            extra["delay"] = held
+        if fields.get("message_id") is not None:
+            extra["message_id"] = str(fields["message_id"])  # x-deduplication-window
+        call = Call(
             store.publish,
             (xname, key, data, encoded, fields.get("priority") or 0, fields.get("headers")),
             extra,
             sync=self._durable_sync,
         )
+        if self.tx is not None:
+            # An open transaction (mqstore.txn): the same store call, made at tx_commit.
+            self.tx.publish((call.args, extra), xname, key, properties, data, mandatory)
+            return None
+        routed = yield call
         if isinstance(routed, store.Refused):
             queues = ", ".join(core.queue_desc(q) for q in routed.queues)
             also = f"; stored in {routed.routed} other queue(s)" if routed.routed else ""
@@ -360,13 +397,36 @@ class ChannelState:
         tag = consumer_tag or core.new_consumer_tag(self.number, next(self._consumer_counter))
         if tag in self.consumers:
             raise errors.DuplicateConsumerTag(tag)
+        priority = _consumer_priority(arguments)
+        if name == REPLY_TO:
+            name = yield from self._reply_consumer(auto_ack)
         row_id = yield Call(
-            store.add_consumer, (self.session, name, tag), dict(exclusive=exclusive)
+            store.add_consumer,
+            (self.session, name, tag),
+            dict(exclusive=exclusive, priority=priority or 0),
         )
         self.consumers[tag] = Consumer(
-            tag, name, auto_ack, exclusive, self.prefetch_count, callback, row_id
+            tag, name, auto_ack, exclusive, self.prefetch_count, callback, row_id, 0, priority
         )
         return tag
+
+    def _reply_consumer(self, auto_ack: bool) -> Steps:
+        """Direct reply-to: the channel's hidden reply queue, created for its (one) reply
+        consumer; RabbitMQ's rules: auto_ack only, one per channel."""
+        if not auto_ack:
+            raise core.precondition("reply consumer cannot acknowledge")
+        if self.reply_queue is not None and any(
+            c.queue == self.reply_queue for c in self.consumers.values()
+        ):
+            raise core.precondition("reply consumer already set")
+        name = f"{REPLY_TO}.{secrets.token_urlsafe(18)}"
+        yield Call(
+            store.queue_declare,
+            (self.session, name),
+            dict(passive=False, durable=False, exclusive=True, auto_delete=True, arguments=None),
+        )
+        self.reply_queue = name
+        return name
 
     def basic_cancel(self, consumer_tag: str) -> Steps:
         """Stop a consumer; its unacked deliveries stay on the channel (as in AMQP)."""
@@ -402,6 +462,11 @@ class ChannelState:
                     budget -= max(room, 0)
             if room > 0:
                 plan.append((consumer, room))
+        for consumer in consumers:
+            if consumer.blocked and consumer.unacked < consumer.prefetch:
+                # Room again: higher priority than others again (fire and forget).
+                consumer.blocked = False
+                yield Call(store.set_consumer_blocked, (consumer.row_id, False), post=True)
         if not plan:
             return []
         # Consumers of one queue (and ack mode) share one lease, dealt out in turn: RabbitMQ
@@ -411,17 +476,28 @@ class ChannelState:
             groups.setdefault((consumer.queue, consumer.auto_ack), []).append((consumer, room))
         vt = self.settings.visibility_timeout_ms
         requests = [
-            store.LeaseRequest(queue, sum(room for _, room in members), auto_ack, vt)
+            store.LeaseRequest(
+                queue,
+                sum(room for _, room in members),
+                auto_ack,
+                vt,
+                consumers=tuple((c.row_id, c.priority or 0, room) for c, room in members),
+            )
             for (queue, auto_ack), members in groups.items()
         ]
         results = yield Call(store.lease, (self.session, requests))
         deliveries = []
-        for members, leased in zip(groups.values(), results, strict=True):
-            if leased is None:
+        for members, result in zip(groups.values(), results, strict=True):
+            if result is None:
                 # The queue was deleted: the broker cancels its consumers.
                 for consumer, _ in members:
                     self.consumers.pop(consumer.tag, None)
                     self.broker_cancelled.append(consumer)
+                continue
+            # Single active consumer and consumer priorities: only the allowed ones.
+            leased, allowed = result
+            members = [(c, room) for c, room in members if c.row_id in allowed]
+            if not leased:
                 continue
             rooms = [room for _, room in members]
             turn = 0
@@ -441,6 +517,11 @@ class ChannelState:
                     message.delivery_count,
                 )
                 deliveries.append((consumer, method, _properties(message), message.body))
+            for consumer, _ in members:
+                full = consumer.prefetch and consumer.unacked >= consumer.prefetch
+                if consumer.priority is not None and full and not consumer.auto_ack:
+                    consumer.blocked = True
+                    yield Call(store.set_consumer_blocked, (consumer.row_id, True), post=True)
         return deliveries
 
     def _track(self, message: LeasedMessage, consumer: Consumer | None, auto_ack: bool) -> int:
@@ -504,6 +585,9 @@ class ChannelState:
     def _settle(self, taken: list[tuple[int, Unacked]], *, ack: bool, requeue: bool) -> Steps:
         if not taken:
             return None
+        if self.tx is not None:
+            self.tx.settle(taken, ack=ack, requeue=requeue)  # stored by tx_commit
+            return None
         pairs = [(u.entry_id, u.token) for _, u in taken]
         if ack and self._fresh(taken):
             # Like an AMQP ack: no round trip. Group commits batch many of them; a failure
@@ -560,6 +644,66 @@ class ChannelState:
             )
         return len(taken)
 
+    # --- transactions (mqstore.txn) --------------------------------------------------------
+
+    def tx_select(self, *, nested_error: bool = True) -> None:
+        """Open a transaction: acks, nacks, rejects and publishes wait for tx_commit."""
+        self.check_open()
+        if self.tx is not None:
+            if nested_error:
+                raise errors.ChannelWrongStateError(
+                    f"channel {self.number} already has an open transaction"
+                )
+            return
+        self.tx = txn.TxBuffer()
+
+    def tx_commit(self, *, keep_open: bool) -> Steps:
+        """Store everything the transaction collected in one store transaction; returns the
+        mandatory publishes no queue took. On failure nothing is stored and the settled
+        deliveries are unacked on the channel again."""
+        self.check_open()
+        pending = self.tx
+        if pending is None:
+            raise core.precondition("channel is not transactional")
+        self.tx = txn.TxBuffer() if keep_open else None
+        if not pending:
+            return []
+        settles, publishes = pending.store_args()
+        try:
+            results = yield Call(
+                txn.commit,
+                (settles, publishes),
+                sync=self._durable_sync and bool(publishes),
+            )
+        except txn.TxLeaseLost as exc:
+            taken = pending.taken()
+            pending.restore(self)
+            raise _lease_lost(taken, exc.stale, ack=True) from None
+        except txn.TxRefused as exc:
+            _, xname, key, properties, data, _ = pending.publishes[exc.index]
+            pending.restore(self)
+            refused = ReturnedMessage(
+                Return(0, "REJECT_PUBLISH", xname, key), properties or BasicProperties(), data
+            )
+            queues = ", ".join(core.queue_desc(q) for q in exc.refused.queues)
+            raise errors.NackError(
+                [refused],
+                f"publish refused: {queues} is full (x-overflow reject-publish); the "
+                "transaction was rolled back",
+            ) from None
+        except errors.MqstoreError:
+            pending.restore(self)
+            raise
+        return pending.returned(results)
+
+    def tx_rollback(self, *, keep_open: bool) -> None:
+        """Discard the transaction: nothing is stored; settled deliveries are unacked on the
+        channel again (AMQP Tx.Rollback)."""
+        pending = self.tx
+        self.tx = txn.TxBuffer() if keep_open and pending is not None else None
+        if pending is not None:
+            pending.restore(self)
+
     # --- closing --------------------------------------------------------------------------
 
     def close(self, reason: errors.ChannelClosed | None = None) -> Steps:
@@ -568,6 +712,7 @@ class ChannelState:
             return None
         self.is_open = False
         self.close_reason = reason
+        self.tx_rollback(keep_open=False)
         taken = self._take(0, True)
         consumers = list(self.consumers.values())
         self.consumers.clear()
@@ -577,6 +722,16 @@ class ChannelState:
                 ([(u.entry_id, u.token) for _, u in taken], [c.row_id for c in consumers]),
             )
         return None
+
+
+def _consumer_priority(arguments: Mapping[str, Any] | None) -> int | None:
+    """The ``x-priority`` consumer argument (an integer, as RabbitMQ requires)."""
+    value = (arguments or {}).get("x-priority")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise core.precondition(f"invalid arg 'x-priority': {value!r} is not an integer")
+    return value
 
 
 def _close_channel(tx: store.Txn, leases: list[tuple[int, int]], consumer_ids: list[int]) -> None:

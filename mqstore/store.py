@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -246,6 +246,9 @@ def queue_declare(
             None if expires_ms is None else tx.wall_ms + expires_ms,
         ),
     ).fetchone()
+    window = core.dedup_window_ms(arguments or {})
+    if window is not None:
+        tx.conn.execute(sql.SET_DEDUP_WINDOW, (window, name))
     return QueueDeclareOk(name, 0, 0)
 
 
@@ -517,6 +520,7 @@ def publish(
     amqp_properties: bytes | None = None,
     expiration: int | None = None,
     delay: int | None = None,
+    message_id: str | None = None,
 ) -> int | Refused:
     """Route and store one message; returns the number of queues it reached (0: dropped and
     counted as unroutable), or :class:`Refused` when a full queue refused it. ``expiration``:
@@ -545,6 +549,15 @@ def publish(
         if len(targets) == 1 and expiration is None:
             ((queue_id, (max_priority, ttl, max_len, max_bytes)),) = targets.items()
             plain = ttl is None and max_len is None and max_bytes is None
+    if message_id is not None:
+        # x-deduplication-window queues may drop it (_publish_deduplicated).
+        if targets is None:
+            targets = {queue_id: (max_priority, ttl, max_len, max_bytes)}
+        message = (exchange, routing_key, properties, body, amqp_properties)
+        deliver_at = tx.wall_ms + delay if delay is not None and delay > 0 else None
+        return _publish_deduplicated(
+            tx, targets, message, priority, expiration, message_id, deliver_at
+        )
     if delay is not None and delay > 0:
         if targets is None:
             targets = {queue_id: (max_priority, ttl, max_len, max_bytes)}
@@ -661,9 +674,7 @@ def _schedule(
             lifetime = min(t for t in (ttl, expiration) if t is not None)
             expires_at = deliver_at + lifetime
         size = len(body) if max_len is not None or max_bytes is not None else None
-        rows.append(
-            (queue_id, message_id, entry_priority, expires_at, size, SCHEDULED, deliver_at)
-        )
+        rows.append((queue_id, message_id, entry_priority, expires_at, size, SCHEDULED, deliver_at))
     tx.conn.executemany(sql.INSERT_ENTRY_SCHEDULED, rows)
     if tx.scheduled_ms is None or deliver_at < tx.scheduled_ms:
         tx.scheduled_ms = deliver_at
@@ -899,7 +910,7 @@ def expire_queues(tx: Txn) -> int:
 def sweep(tx: Txn) -> int:
     """The upkeep thread's expiry sweep: message TTLs, then queue TTLs. Returns the larger
     count, so the caller sweeps again while a batch came back full."""
-    return max(promote_due(tx), expire_entries(tx), expire_queues(tx))
+    return max(promote_due(tx), expire_entries(tx), expire_queues(tx), expire_dedup(tx))
 
 
 # --- leasing ------------------------------------------------------------------------------
@@ -915,6 +926,10 @@ class LeaseRequest:
     auto_ack: bool
     visibility_timeout_ms: int
     with_count: bool = False
+    # The channel's consumers this lease is for: (consumer row id, x-priority, room). With
+    # them the result is ``(messages, allowed)``: single active consumer and consumer
+    # priorities may allow only some of them (``limit`` is then their rooms' sum).
+    consumers: tuple[tuple[int, int, int], ...] = ()
 
 
 def lease(
@@ -931,8 +946,39 @@ def lease(
         if queue is None:
             results.append(None)
             continue
-        results.append(_lease_one(tx, session, queue, request))
+        if not request.consumers:
+            results.append(_lease_one(tx, session, queue, request))
+            continue
+        allowed = _allowed_consumers(tx, queue, request.consumers)
+        limit = sum(room for cid, _, room in request.consumers if cid in allowed)
+        leased = _lease_one(tx, session, queue, replace(request, limit=limit)) if limit else []
+        results.append((leased, allowed))
     return results
+
+
+def _allowed_consumers(
+    tx: Txn, queue: Mapping[str, Any], consumers: Sequence[tuple[int, int, int]]
+) -> set[int]:
+    """Which of a channel's consumers of ``queue`` may take messages now: with
+    x-single-active-consumer only the queue's active (oldest) consumer, in any process;
+    otherwise those of the highest x-priority among every consumer with capacity."""
+    if queue["arguments"].get("x-single-active-consumer") is True:
+        row = tx.conn.execute(sql.SELECT_ACTIVE_CONSUMER, (queue["id"],)).fetchone()
+        return {row[0]} & {cid for cid, _, _ in consumers} if row else set()
+    ids = json.dumps([cid for cid, _, _ in consumers])
+    others = tx.conn.execute(sql.SELECT_TOP_PRIORITY, (queue["id"], ids)).fetchone()[0]
+    top = max(priority for _, priority, _ in consumers)
+    if others is not None and others > top:
+        return set()
+    return {cid for cid, priority, _ in consumers if priority == top}
+
+
+def set_consumer_blocked(tx: Txn, consumer_id: int, blocked: bool) -> None:
+    """A consumer with an x-priority filled (or freed) its prefetch window: lower-priority
+    consumers may (or may no longer) take messages; wake them when it filled."""
+    row = tx.conn.execute(sql.SET_CONSUMER_BLOCKED, (int(blocked), consumer_id)).fetchone()
+    if row is not None and blocked:
+        tx.touched.add(row[0])
 
 
 def get(tx: Txn, session: int, request: LeaseRequest) -> list[LeasedMessage]:
@@ -1075,7 +1121,9 @@ def renew(tx: Txn, sessions: Mapping[int, int]) -> None:
 # --- consumers and sessions ---------------------------------------------------------------
 
 
-def add_consumer(tx: Txn, session: int, queue: str, tag: str, *, exclusive: bool) -> int:
+def add_consumer(
+    tx: Txn, session: int, queue: str, tag: str, *, exclusive: bool, priority: int = 0
+) -> int:
     """Register a consumer (for consumer_count, exclusivity and auto-delete); returns its id."""
     target = _accessible_queue(tx, session, queue)
     in_exclusive_use = tx.conn.execute(sql.SELECT_EXCLUSIVE_CONSUMER, (target["id"],)).fetchone()
@@ -1083,7 +1131,12 @@ def add_consumer(tx: Txn, session: int, queue: str, tag: str, *, exclusive: bool
         raise errors.AccessRefusedError(
             f"ACCESS_REFUSED - {core.queue_desc(queue)} in exclusive use"
         )
-    row = tx.conn.execute(sql.INSERT_CONSUMER, (session, target["id"], tag, exclusive))
+    if priority:
+        row = tx.conn.execute(
+            sql.INSERT_CONSUMER_PRIORITY, (session, target["id"], tag, exclusive, priority)
+        )
+    else:
+        row = tx.conn.execute(sql.INSERT_CONSUMER, (session, target["id"], tag, exclusive))
     if target["expires_ms"] is not None:
         tx.conn.execute(sql.PARK_QUEUE_EXPIRY, (target["id"],))
     return int(row.fetchone()[0])
@@ -1095,6 +1148,8 @@ def remove_consumer(tx: Txn, consumer_id: int) -> None:
     if row is None:
         return
     queue_id = row[0]
+    # Single active consumer fails over, priorities shift: wake the queue's other consumers.
+    tx.touched.add(queue_id)
     deleted = tx.conn.execute(sql.DELETE_QUEUE_IF_UNUSED_AUTO_DELETE, (queue_id, queue_id))
     if deleted.rowcount:
         tx.topology_changed()
@@ -1142,3 +1197,60 @@ def set_meta(tx: Txn, key: str, value: str) -> None:
 
 def counters(tx: Txn) -> dict[str, int]:
     return dict(tx.conn.execute(sql.SELECT_COUNTERS).fetchall())
+
+
+# --- deduplication (x-deduplication-window) -------------------------------------------------
+
+
+def _publish_deduplicated(
+    tx: Txn,
+    targets: Mapping[int, Target],
+    message: tuple[str, str, str | None, bytes, bytes | None],
+    priority: int,
+    expiration: int | None,
+    message_id: str,
+    deliver_at: int | None,
+) -> int | Refused:
+    """Publish a message that has a ``message_id``: each target queue with a deduplication
+    window that accepted this id within its window drops it silently (counted as
+    ``deduplicated``); the others store (or schedule) it as usual and remember the id."""
+    windows = {
+        queue_id: (name, window)
+        for queue_id, name, window in tx.conn.execute(
+            sql.SELECT_DEDUP_WINDOWS, (json.dumps(list(targets)),)
+        )
+    }
+    duplicates = {
+        queue_id
+        for queue_id in windows
+        if tx.conn.execute(sql.SEEN_MESSAGE_ID, (queue_id, message_id, tx.wall_ms)).fetchone()
+    }
+    if duplicates:
+        tx.conn.execute(sql.INCREMENT_COUNTER, ("deduplicated", len(duplicates)))
+    remaining = {q: t for q, t in targets.items() if q not in duplicates}
+    routed, refused = 0, []
+    if remaining and deliver_at is not None:
+        result: Any = _schedule(tx, remaining, message, priority, expiration, deliver_at)
+        if isinstance(result, Refused):
+            routed, refused = result.routed, list(result.queues)
+        else:
+            routed = int(result)
+    elif remaining:
+        routed, refused = _store(tx, remaining, message, priority, expiration, None, 0)
+    accepted = [
+        (queue_id, message_id, tx.wall_ms, tx.wall_ms + window)
+        for queue_id, (name, window) in windows.items()
+        if queue_id not in duplicates and name not in refused
+    ]
+    if accepted:
+        tx.conn.executemany(sql.REMEMBER_MESSAGE_ID, accepted)
+    # A dropped duplicate counts as routed (no basic.return, a confirm ack), as with
+    # RabbitMQ's message-deduplication plugin.
+    if refused:
+        return Refused(routed + len(duplicates), tuple(refused))
+    return routed + len(duplicates)
+
+
+def expire_dedup(tx: Txn) -> int:
+    """Forget message ids whose deduplication window has passed (ix_mq_dedup_expires_at_ms)."""
+    return int(tx.conn.execute(sql.EXPIRE_DEDUP, (tx.wall_ms, EXPIRY_BATCH)).rowcount)

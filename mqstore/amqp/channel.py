@@ -366,6 +366,10 @@ class AMQPChannel:
             await self._run(state.exchange_delete(m.exchange, m.if_unused))
             self._reply(m, commands.Exchange.DeleteOk())
         elif name == "Confirm.Select":
+            if state.tx is not None:
+                raise errors.PreconditionFailedError(
+                    "PRECONDITION_FAILED - cannot switch from tx to confirm mode"
+                )
             self.confirm = True
             self._reply(m, commands.Confirm.SelectOk())
         elif name == "Channel.Flow":
@@ -383,11 +387,18 @@ class AMQPChannel:
                 raise errors.PreconditionFailedError(
                     "PRECONDITION_FAILED - cannot switch from confirm to tx mode"
                 )
-            raise Fault(540, "NOT_IMPLEMENTED - transactions are not supported yet")
-        elif name in ("Tx.Commit", "Tx.Rollback"):
-            raise errors.PreconditionFailedError(
-                "PRECONDITION_FAILED - channel is not transactional"
-            )
+            state.tx_select(nested_error=False)  # a repeated select is harmless
+            self._reply(m, commands.Tx.SelectOk())
+        elif name == "Tx.Commit":
+            await self._tx_commit(m)
+        elif name == "Tx.Rollback":
+            if state.tx is None:
+                raise errors.PreconditionFailedError(
+                    "PRECONDITION_FAILED - channel is not transactional"
+                )
+            state.tx_rollback(keep_open=True)
+            self._reply(m, commands.Tx.RollbackOk())
+            self._wake.set()
         elif name == "Exchange.Bind":
             await self._run(
                 state.exchange_bind(m.destination, m.source, m.routing_key, m.arguments)
@@ -400,6 +411,23 @@ class AMQPChannel:
             self._reply(m, commands.Exchange.UnbindOk())
         else:
             raise Fault(503, f"COMMAND_INVALID - unexpected method {name} on a channel")
+
+    async def _tx_commit(self, m: Any) -> None:
+        """Tx.Commit: the channel's acks and publishes since the last commit, stored in ONE
+        store transaction (mqstore.txn); returns go out before Tx.CommitOk, as RabbitMQ's."""
+        if self.state.tx is None:
+            raise errors.PreconditionFailedError(
+                "PRECONDITION_FAILED - channel is not transactional"
+            )
+        try:
+            returned = await self._run(self.state.tx_commit(keep_open=True))
+        except errors.NackError as exc:
+            # A full reject-publish queue refused a publish: nothing was committed.
+            raise errors.PreconditionFailedError(f"PRECONDITION_FAILED - {exc}") from None
+        for message in returned:
+            self._write_return(message)
+        self._reply(m, commands.Tx.CommitOk())
+        self._wake.set()
 
     async def _get(self, m: Any) -> None:
         queue = self._queue(m.queue)

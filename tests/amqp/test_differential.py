@@ -672,9 +672,16 @@ def tx_select_after_confirm_select(t: Target) -> Obs:
     return attempt(confirmed(t), lambda ch: ch.tx_select())
 
 
-@row(OK, mqstore=CONN(540), why="transactions are not implemented (docs/amqp.md)")
+@row(OK)
 def tx_select(t: Target) -> Obs:
     return attempt_new(t, lambda ch: ch.tx_select())
+
+
+@row(CH(406))
+def confirm_select_after_tx_select(t: Target) -> Obs:
+    channel = t.connect().channel()
+    channel.tx_select()
+    return attempt(channel, lambda ch: ch.confirm_delivery())
 
 
 @row(CONN(540))

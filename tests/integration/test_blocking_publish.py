@@ -46,7 +46,9 @@ def test_every_basic_properties_field_round_trips_exactly(ch):
         delivery_mode=2,
         priority=7,
         correlation_id="corr-1",
-        reply_to="amq.rabbitmq.reply-to",
+        # Not the direct reply-to pseudo-queue itself: that needs a reply consumer and is
+        # rewritten to its address (tests/integration/test_rpc.py).
+        reply_to="amq.rabbitmq.reply-to.g2dkAA",
         expiration="60000",
         message_id="msg-42",
         timestamp=1_700_000_000,

@@ -77,9 +77,7 @@ def test_only_one_process_checkpoints_a_file(db_path: str) -> None:
     finally:
         connection.close()
     # Once it is gone, another process can lead.
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
 
 

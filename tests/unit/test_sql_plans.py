@@ -55,6 +55,12 @@ def plan(conn: sqlite3.Connection, statement: str, params: tuple) -> str:
         (sql.REJECT_ENTRY, (1, 2), "INTEGER PRIMARY KEY"),
         (sql.SELECT_LEASED_QUEUE, (1, 2), "INTEGER PRIMARY KEY"),
         (sql.SELECT_QUEUE_BY_ID, (1,), "INTEGER PRIMARY KEY"),
+        # Delayed delivery, single active consumer, consumer priorities.
+        (sql.PROMOTE_DUE, (1, 10), "ix_mq_entries_scheduled"),
+        (sql.NEXT_DUE, (), "ix_mq_entries_scheduled"),
+        (sql.SELECT_ACTIVE_CONSUMER, (1,), "ix_mq_consumers_queue_id"),
+        (sql.SELECT_TOP_PRIORITY, (1, "[1]"), "ix_mq_consumers_queue_id"),
+        (sql.SET_CONSUMER_BLOCKED, (0, 1), "INTEGER PRIMARY KEY"),
     ],
 )
 def test_hot_statement_uses_its_index(
