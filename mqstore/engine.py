@@ -55,6 +55,7 @@ class _Op:
         "kwargs",
         "loop",
         "on_done",
+        "queued",
         "result",
         "sync",
     )
@@ -70,6 +71,7 @@ class _Op:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.future: asyncio.Future[Any] | None = None
         self.on_done: Callable[[Any, BaseException | None], None] | None = None
+        self.queued = False  # waiting in _pending (a posted op can still absorb others)
 
     def finish(self) -> None:
         self.done = True
@@ -82,6 +84,20 @@ class _Op:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def _chain(
+    first: Callable[[Any, BaseException | None], None] | None,
+    second: Callable[[Any, BaseException | None], None] | None,
+) -> Callable[[Any, BaseException | None], None] | None:
+    if first is None or second is None:
+        return first or second
+
+    def both(result: Any, error: BaseException | None) -> None:
+        first(result, error)
+        second(result, error)
+
+    return both
 
 
 def _finish_all(batch: list[_Op]) -> None:
@@ -224,6 +240,8 @@ class Engine:
         self._sync_full: bool | None = None
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[_Op] = []
+        # Posted operations that later posts with the same key may join (acks of a channel).
+        self._coalescing: dict[Any, _Op] = {}
         self._leader = False
         # Set by the upkeep thread: the leader runs the checkpoint right after its batch.
         self._checkpoint_due = False
@@ -349,10 +367,26 @@ class Engine:
         ``on_done(result, error)`` runs once it was committed. Operations from one thread
         still run in the order they were queued."""
         self._check_usable()
-        op = _Op(call.fn, tuple(call.args), dict(call.kwargs), call.sync)
-        op.on_done = call.on_done
+        key = getattr(call, "coalesce", None)
         with self._cond:
+            if key is not None:
+                queued = self._coalescing.get(key)
+                if queued is not None and queued.queued:
+                    # Not taken by a leader yet: add to it (one statement list, one op).
+                    queued.args[0].extend(call.args[0])
+                    queued.on_done = _chain(queued.on_done, call.on_done)
+                    return
+            op = _Op(
+                call.fn,
+                (list(call.args[0]), *call.args[1:]) if key else tuple(call.args),
+                dict(call.kwargs),
+                call.sync,
+            )
+            op.on_done = call.on_done
+            op.queued = True
             self._pending.append(op)
+            if key is not None:
+                self._coalescing[key] = op
             if not self._leader:
                 self._kick.set()
 
@@ -362,6 +396,9 @@ class Engine:
             while True:
                 with self._cond:
                     batch, self._pending = self._pending, []
+                    for taken in batch:
+                        taken.queued = False
+                    self._coalescing.clear()
                 if batch:
                     self._execute(batch)
                 if self._checkpoint_due:

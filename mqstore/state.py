@@ -55,6 +55,9 @@ class Call:
     # called (on the committing thread) once it ran. Used for acks, as AMQP's are.
     post: bool = False
     on_done: Any = None
+    # Posted calls with the same key that are still queued are merged into one (their
+    # first argument, a list, is concatenated): one statement loop for many acks.
+    coalesce: Any = None
 
 
 Steps = Generator[Call, Any, Any]
@@ -574,10 +577,12 @@ class ChannelState:
         return True
 
     def _deferred_done(self, taken: list[tuple[int, Unacked]]) -> Any:
+        mine = {(u.entry_id, u.token) for _, u in taken}
+
         def done(stale: Any, error: BaseException | None) -> None:
             if isinstance(error, errors.MqstoreError):
                 self.deferred_error = error
-            elif stale:
+            elif stale and mine.intersection(tuple(pair) for pair in stale):
                 self.deferred_error = _lease_lost(taken, stale, ack=True)
 
         return done
@@ -598,6 +603,7 @@ class ChannelState:
                 dict(missing_ok=True),
                 post=True,
                 on_done=self._deferred_done(taken),
+                coalesce=("ack", id(self)),
             )
             return None
         if ack:
