@@ -195,8 +195,10 @@ def consume_blocking(workdir: str, n: int) -> float:
         return time.perf_counter() - start
 
 
-async def _aio_consume(workdir: str, n: int) -> float:
-    conn = await mqstore.aio.connect(os.path.join(workdir, "mq.db"), durability="full")
+async def aio_drain(path: str, n: int) -> float:
+    """Seconds for one asyncio consumer (prefetch 100, ack each) to take ``n`` messages
+    from the bench queue; compare.py's W2 uses it too."""
+    conn = await mqstore.aio.connect(path, durability="full")
     try:
         channel = await conn.channel()
         await channel.basic_qos(prefetch_count=PREFETCH)
@@ -216,7 +218,7 @@ async def _aio_consume(workdir: str, n: int) -> float:
 def consume_aio(workdir: str, n: int) -> float:
     """``async for d in channel.consume(q): await d.ack()`` with prefetch 100."""
     _prefill(workdir, n)
-    return asyncio.run(_aio_consume(workdir, n))
+    return asyncio.run(aio_drain(os.path.join(workdir, "mq.db"), n))
 
 
 # --- cases, targets, measurement -------------------------------------------------------------

@@ -86,7 +86,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_core import filesystem, fmt_rate, machine
+from bench_core import aio_drain, filesystem, fmt_rate, machine
 
 import mqstore
 
@@ -758,28 +758,10 @@ def w6(peer: Peer, workdir: str, n: int) -> Sample:
 # mqstore asyncio variants
 
 
-async def _aio_w2(path: str, n: int) -> float:
-    conn = await mqstore.aio.connect(path, durability="full")
-    try:
-        ch = await conn.channel()
-        await ch.basic_qos(prefetch_count=PREFETCH)
-        count = 0
-        start = time.perf_counter()
-        async with contextlib.aclosing(ch.consume(QUEUE)) as deliveries:
-            async for d in deliveries:
-                await d.ack()
-                count += 1
-                if count == n:
-                    break
-        return time.perf_counter() - start
-    finally:
-        await conn.close()
-
-
 def w2_aio(peer: Peer, workdir: str, n: int) -> Sample:
     path = os.path.join(workdir, "mq.db")
     asyncio.run(_aio_prefill(path, bodies(n)))
-    return Sample(rate=n / asyncio.run(_aio_w2(path, n)))
+    return Sample(rate=n / asyncio.run(aio_drain(path, n)))
 
 
 async def _aio_w3(path: str, n: int) -> float:

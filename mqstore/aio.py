@@ -393,15 +393,15 @@ class AsyncChannel:
         self, delivery_tag: int = 0, multiple: bool = False, requeue: bool = True
     ) -> None:
         await self._run(self._state.basic_nack(delivery_tag, multiple, requeue))
-        self._wake.set()
+        self._room_freed()
 
     async def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
         await self._run(self._state.basic_reject(delivery_tag, requeue))
-        self._wake.set()
+        self._room_freed()
 
     async def basic_recover(self, requeue: bool = True) -> None:
         await self._run(self._state.basic_recover(requeue))
-        self._wake.set()
+        self._room_freed()
 
     def _room_freed(self) -> None:
         """An ack freed prefetch room: fetch more, unless iterators still hold plenty."""

@@ -73,10 +73,14 @@ class _Op:
         self.on_done: Callable[[Any, BaseException | None], None] | None = None
         self.queued = False  # waiting in _pending (a posted op can still absorb others)
 
-    def finish(self) -> None:
+    def complete(self) -> None:
+        """Mark done and run ``on_done``; an awaited future is settled separately."""
         self.done = True
         if self.on_done is not None:
             self.on_done(self.result, self.error)
+
+    def finish(self) -> None:
+        self.complete()
         if self.future is not None and self.loop is not None:
             self.loop.call_soon_threadsafe(_settle, self.future, self.result, self.error)
 
@@ -105,13 +109,9 @@ def _finish_all(batch: list[_Op]) -> None:
     (instead of one call_soon_threadsafe, and one self-pipe write, per operation)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
     for op in batch:
+        op.complete()
         if op.future is not None and op.loop is not None:
-            op.done = True
-            if op.on_done is not None:
-                op.on_done(op.result, op.error)
             by_loop.setdefault(op.loop, []).append(op)
-        else:
-            op.finish()
     for loop, ops in by_loop.items():
         loop.call_soon_threadsafe(_settle_all, ops)
 
