@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import SchemaVersionError, StoreBusyError
 
-HEAD = "0006"
+HEAD = "0007"
 VERSION_TABLE = "mq_schema_version"
 
 #: The alembic environment shipped inside the package (works from an installed wheel).

@@ -4,8 +4,9 @@ Every table is prefixed ``mq_`` so a broker can live beside an application's own
 file (the outbox pattern). Alembic migrations in ``mqstore/migrations`` are generated from
 this module; a test asserts that the migrations at head equal it.
 
-A published message is stored once in ``mq_messages``; each queue it was routed to gets a
-row in ``mq_entries`` pointing at it. The trigger ``mq_entries_release_message`` deletes the
+A message routed to one queue is stored in its ``mq_entries`` row (``message_id`` NULL): one
+row per publish. A message routed to several queues is stored once in ``mq_messages`` and each
+queue gets an entry pointing at it; the trigger ``mq_entries_release_message`` deletes the
 message when its last entry goes, so a fanout to ten queues keeps one copy of the body.
 """
 
@@ -211,13 +212,15 @@ messages = Table(
 )
 
 # A message's place in one queue. The id orders the queue (FIFO within a priority); a
-# requeue clears the lease and keeps the id, so the message keeps its place.
+# requeue clears the lease and keeps the id, so the message keeps its place. The message
+# itself is either inline (message_id NULL, the columns after deliver_at_ms set) or shared
+# with other queues' entries in mq_messages (message_id set, those columns NULL).
 entries = Table(
     "mq_entries",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("queue_id", Integer, ForeignKey("mq_queues.id", ondelete="CASCADE"), nullable=False),
-    Column("message_id", Integer, nullable=False),
+    Column("message_id", Integer, nullable=True),
     Column("priority", Integer, nullable=False, server_default=text("0")),
     Column("delivery_count", Integer, nullable=False, server_default=text("0")),
     # Fencing token of the current lease; NULL means ready for delivery.
@@ -235,14 +238,23 @@ entries = Table(
     # Until then the entry holds the SCHEDULED pseudo lease token (-1), which keeps it out
     # of the ready index and the length-limit counts (docs/queue-features.md).
     Column("deliver_at_ms", Integer, nullable=True),
+    # The message, when it is not shared (message_id NULL): as in mq_messages.
+    Column("exchange", String, nullable=True),
+    Column("routing_key", String, nullable=True),
+    Column("properties", Text, nullable=True),
+    Column("body", LargeBinary, nullable=True),
+    Column("published_at_ms", Integer, nullable=True),
+    Column("amqp_properties", LargeBinary, nullable=True),
 )
-# The head of each queue: ready entries in delivery order. Leasing reads only this index.
+# Every entry of a queue, ready ones (lease_token NULL) first in delivery order: leasing
+# reads the head of the queue from it, and counts, purge and the foreign key's ON DELETE
+# CASCADE find a queue's entries by its prefix. A publish adds one entry here, nowhere else.
 Index(
     "ix_mq_entries_ready",
     entries.c.queue_id,
+    entries.c.lease_token,
     entries.c.priority.desc(),
     entries.c.id,
-    sqlite_where=entries.c.lease_token.is_(None),
 )
 # Leases by deadline, for the expiry sweep.
 Index(
@@ -270,14 +282,18 @@ Index(
     entries.c.deliver_at_ms,
     sqlite_where=entries.c.deliver_at_ms.is_not(None),
 )
-# All entries of a queue (counts, purge, delete) and of a message (the release trigger).
-Index("ix_mq_entries_queue_id", entries.c.queue_id)
-Index("ix_mq_entries_message_id", entries.c.message_id)
+# The entries sharing a message (the release trigger); inline entries are not in it.
+Index(
+    "ix_mq_entries_message_id",
+    entries.c.message_id,
+    sqlite_where=entries.c.message_id.is_not(None),
+)
 
 RELEASE_MESSAGE_TRIGGER = """\
 CREATE TRIGGER IF NOT EXISTS mq_entries_release_message
 AFTER DELETE ON mq_entries
-WHEN NOT EXISTS (SELECT 1 FROM mq_entries WHERE message_id = OLD.message_id)
+WHEN OLD.message_id IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM mq_entries WHERE message_id = OLD.message_id)
 BEGIN
     DELETE FROM mq_messages WHERE id = OLD.message_id;
 END"""

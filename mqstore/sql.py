@@ -119,17 +119,32 @@ ROUTE_ALL = (
 )
 # The queues a dead-lettered message reached, by name (cycle detection).
 SELECT_QUEUE_NAME = "SELECT name FROM mq_queues WHERE id = ?"
+# A message routed to several queues is stored once, here, and shared by its entries.
 INSERT_MESSAGE = (
     "INSERT INTO mq_messages (exchange, routing_key, properties, body, published_at_ms, "
     "amqp_properties) VALUES (?, ?, ?, ?, ?, ?)"
 )
-INSERT_ENTRY = "INSERT INTO mq_entries (queue_id, message_id, priority) VALUES (?, ?, ?)"
-# An entry that expires (x-message-ttl, expiration: enters ix_mq_entries_expiry) or is
-# counted (a queue with a length limit: size set, the mq_entries_count_* triggers count it).
-INSERT_ENTRY_FULL = (
-    "INSERT INTO mq_entries (queue_id, message_id, priority, expires_at_ms, size) "
-    "VALUES (?, ?, ?, ?, ?)"
+# An entry: (queue_id, priority, expires_at_ms, size, lease_token, deliver_at_ms, ...).
+# expires_at_ms set: it expires (x-message-ttl, expiration; enters ix_mq_entries_expiry).
+# size set: its queue has a length limit (the mq_entries_count_* triggers count it).
+# lease_token SCHEDULED with deliver_at_ms: a delayed message (see PROMOTE_DUE).
+_ENTRY_COLUMNS = "queue_id, priority, expires_at_ms, size, lease_token, deliver_at_ms"
+# ... followed by the message itself when it went to one queue only (one row per publish),
+INSERT_ENTRY_INLINE = (
+    f"INSERT INTO mq_entries ({_ENTRY_COLUMNS}, exchange, routing_key, properties, body, "
+    "published_at_ms, amqp_properties) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# ... or by the id of the shared message in mq_messages.
+INSERT_ENTRY_SHARED = (
+    f"INSERT INTO mq_entries ({_ENTRY_COLUMNS}, message_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# An entry's message, inline or shared: for an inline entry the mq_messages columns are NULL
+# (no row joins), for a shared one the entry's own are; coalesce picks whichever is set.
+_MESSAGE_COLUMNS = (
+    "coalesce(e.exchange, m.exchange), coalesce(e.routing_key, m.routing_key), "
+    "coalesce(e.properties, m.properties), coalesce(e.body, m.body)"
+)
+_JOIN_MESSAGE = "LEFT JOIN mq_messages m ON m.id = e.message_id"
 
 # --- length limits (x-max-length, x-max-length-bytes) --------------------------------------
 # Ready messages and bytes of a limited queue, kept by triggers (primary key): x-max-length
@@ -149,10 +164,7 @@ SELECT_EXPIRED = (
     "ORDER BY expires_at_ms LIMIT ?"
 )
 # The message of an entry, to dead-letter it (primary keys).
-SELECT_ENTRY_MESSAGE = (
-    "SELECT m.exchange, m.routing_key, m.properties, m.body FROM mq_entries e "
-    "JOIN mq_messages m ON m.id = e.message_id WHERE e.id = ?"
-)
+SELECT_ENTRY_MESSAGE = f"SELECT {_MESSAGE_COLUMNS} FROM mq_entries e {_JOIN_MESSAGE} WHERE e.id = ?"
 # Reject/nack without requeue on a queue with no dead-letter exchange: delete (primary key).
 REJECT_ENTRY = (
     "DELETE FROM mq_entries WHERE id = ? AND lease_token = ? AND (SELECT dead_letter_exchange "
@@ -164,9 +176,9 @@ SELECT_LEASED_QUEUE = "SELECT queue_id FROM mq_entries WHERE id = ? AND lease_to
 # --- leasing ------------------------------------------------------------------------------
 # The head of a queue: ready entries in priority then FIFO order (ix_mq_entries_ready).
 SELECT_READY = (
-    "SELECT e.id, e.delivery_count, m.exchange, m.routing_key, m.properties, m.body, "
-    "m.amqp_properties "
-    "FROM mq_entries e INDEXED BY ix_mq_entries_ready JOIN mq_messages m ON m.id = e.message_id "
+    f"SELECT e.id, e.delivery_count, {_MESSAGE_COLUMNS}, "
+    "coalesce(e.amqp_properties, m.amqp_properties) "
+    f"FROM mq_entries e INDEXED BY ix_mq_entries_ready {_JOIN_MESSAGE} "
     "WHERE e.queue_id = ? AND e.lease_token IS NULL "
     "AND (e.expires_at_ms IS NULL OR e.expires_at_ms > ?) "
     "ORDER BY e.priority DESC, e.id LIMIT ?"
@@ -282,13 +294,9 @@ DELETE_LISTENER = "DELETE FROM mq_listeners WHERE address = ?"
 SELECT_LISTENERS = "SELECT address FROM mq_listeners"
 
 # --- delayed delivery (x-delay, delay=) ----------------------------------------------------
-# A scheduled entry holds the SCHEDULED pseudo lease token (store.SCHEDULED), so it is out of
-# ix_mq_entries_ready (and not counted by the length-limit triggers) until promoted; its
-# deliver_at_ms (wall clock) puts it in ix_mq_entries_scheduled, which nothing else reads.
-INSERT_ENTRY_SCHEDULED = (
-    "INSERT INTO mq_entries (queue_id, message_id, priority, expires_at_ms, size, "
-    "lease_token, deliver_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
+# A scheduled entry holds the SCHEDULED pseudo lease token (store.SCHEDULED), so it is not
+# among the ready entries of ix_mq_entries_ready (nor counted by the length-limit triggers)
+# until promoted; its deliver_at_ms (wall clock) puts it in ix_mq_entries_scheduled.
 # Promote due entries (ix_mq_entries_scheduled), oldest due first, in bounded batches. The
 # lease-token change lets mq_entries_count_lease count them as ready.
 PROMOTE_DUE = (

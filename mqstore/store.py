@@ -564,13 +564,10 @@ def publish(
         message = (exchange, routing_key, properties, body, amqp_properties)
         return _schedule(tx, targets, message, priority, expiration, tx.wall_ms + delay)
     if plain:
-        # The common case, two statements as ever: one queue, no TTL, no length limit.
-        cursor = tx.conn.execute(
-            sql.INSERT_MESSAGE,
-            (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties),
-        )
+        # The common case: one queue, no TTL, no length limit; one row.
         entry_priority = min(priority, max_priority) if max_priority else 0
-        tx.conn.execute(sql.INSERT_ENTRY, (queue_id, cursor.lastrowid, entry_priority))
+        message = (exchange, routing_key, properties, body, amqp_properties)
+        insert_message(tx, message, ((queue_id, entry_priority, None, None, None, None),))
         tx.touched.add(queue_id)
         return 1
     if targets is None:
@@ -580,6 +577,27 @@ def publish(
     if refused:
         return Refused(routed, tuple(refused))
     return routed
+
+
+def insert_message(
+    tx: Txn,
+    message: tuple[str, str, str | None, bytes, bytes | None],
+    rows: Sequence[tuple[int, int, int | None, int | None, int | None, int | None]],
+) -> None:
+    """Store ``message`` (exchange, routing key, properties, body, AMQP property bytes) in
+    the entries ``rows`` (queue, priority, expires_at, size, lease_token, deliver_at): inline
+    in its entry when it went to one queue, once in mq_messages when it went to several."""
+    exchange, routing_key, properties, body, amqp_properties = message
+    if len(rows) == 1:
+        tx.conn.execute(
+            sql.INSERT_ENTRY_INLINE,
+            (*rows[0], exchange, routing_key, properties, body, tx.wall_ms, amqp_properties),
+        )
+        return
+    message_id = tx.conn.execute(
+        sql.INSERT_MESSAGE, (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties)
+    ).lastrowid
+    tx.conn.executemany(sql.INSERT_ENTRY_SHARED, [(*row, message_id) for row in rows])
 
 
 def _store(
@@ -619,30 +637,17 @@ def _store(
         accepted.append((queue_id, target))
     if not accepted:
         return 0, refused
-    exchange, routing_key, properties, _, amqp_properties = message
-    cursor = tx.conn.execute(
-        sql.INSERT_MESSAGE, (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties)
-    )
-    message_id = cursor.lastrowid
-    plain = []
-    full = []
+    rows = []
     for queue_id, (max_priority, ttl, max_len, max_bytes) in accepted:
         entry_priority = min(priority, max_priority) if max_priority else 0
-        limited_queue = max_len is not None or max_bytes is not None
-        if ttl is None and expiration is None and not limited_queue:
-            plain.append((queue_id, message_id, entry_priority))
-            continue
         expires_at = None
         if ttl is not None or expiration is not None:
             # The lower of the queue's and the message's TTL applies (RabbitMQ's rule).
             lifetime = min(t for t in (ttl, expiration) if t is not None)
             expires_at = tx.wall_ms + lifetime
-        size = len(body) if limited_queue else None
-        full.append((queue_id, message_id, entry_priority, expires_at, size))
-    if plain:
-        tx.conn.executemany(sql.INSERT_ENTRY, plain)
-    if full:
-        tx.conn.executemany(sql.INSERT_ENTRY_FULL, full)
+        size = len(body) if max_len is not None or max_bytes is not None else None
+        rows.append((queue_id, entry_priority, expires_at, size, None, None))
+    insert_message(tx, message, rows)
     tx.touched.update(q for q, _ in accepted)
     for queue in limited:
         _drop_head(tx, queue, depth)
@@ -661,11 +666,7 @@ def _schedule(
     ``deliver_at`` (wall ms). As with RabbitMQ's delayed-message exchange, the message is
     not in its queues until then: it counts toward no length limit, and its TTL starts when
     it becomes deliverable. Routing happens now, though (the plugin routes when due)."""
-    exchange, routing_key, properties, body, amqp_properties = message
-    cursor = tx.conn.execute(
-        sql.INSERT_MESSAGE, (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties)
-    )
-    message_id = cursor.lastrowid
+    body = message[3]
     rows = []
     for queue_id, (max_priority, ttl, max_len, max_bytes) in targets.items():
         entry_priority = min(priority, max_priority) if max_priority else 0
@@ -674,8 +675,8 @@ def _schedule(
             lifetime = min(t for t in (ttl, expiration) if t is not None)
             expires_at = deliver_at + lifetime
         size = len(body) if max_len is not None or max_bytes is not None else None
-        rows.append((queue_id, message_id, entry_priority, expires_at, size, SCHEDULED, deliver_at))
-    tx.conn.executemany(sql.INSERT_ENTRY_SCHEDULED, rows)
+        rows.append((queue_id, entry_priority, expires_at, size, SCHEDULED, deliver_at))
+    insert_message(tx, message, rows)
     if tx.scheduled_ms is None or deliver_at < tx.scheduled_ms:
         tx.scheduled_ms = deliver_at
     return len(rows)

@@ -194,11 +194,12 @@ FROM mq_queues q ORDER BY q.name
 """
 
 _MESSAGES = """
-SELECT e.id, m.body, m.exchange, m.routing_key, e.priority, e.delivery_count,
+SELECT e.id, coalesce(e.body, m.body), coalesce(e.exchange, m.exchange),
+       coalesce(e.routing_key, m.routing_key), e.priority, e.delivery_count,
        e.lease_token IS NOT NULL, e.lease_owner, s.pid, s.name, e.lease_expires_at_ms
 FROM mq_queues q
 JOIN mq_entries e ON e.queue_id = q.id
-JOIN mq_messages m ON m.id = e.message_id
+LEFT JOIN mq_messages m ON m.id = e.message_id
 LEFT JOIN mq_sessions s ON s.id = e.lease_owner
 WHERE q.name = :queue
 ORDER BY e.priority DESC, e.id

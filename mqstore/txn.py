@@ -161,20 +161,27 @@ def publish_many(tx: store.Txn, publishes: Sequence[PublishCall]) -> list[Any]:
     # length limit (otherwise such publishes take the full path)
     routes: dict[tuple[str, str], tuple[dict[int, Any], bool]] = {}
     results: list[Any] = []
-    messages: list[tuple[Any, ...]] = []
-    entries: list[tuple[int, int, int]] = []  # (message index in the run, queue, priority)
+    inline: list[tuple[Any, ...]] = []  # entries of messages routed to one queue
+    shared: list[tuple[Any, ...]] = []  # messages routed to several queues
+    entries: list[tuple[int, int, int]] = []  # (index in shared, queue, priority)
 
     def flush() -> None:
-        if not messages:
+        if inline:
+            conn.executemany(sql.INSERT_ENTRY_INLINE, inline)
+            inline.clear()
+        if not shared:
             return
         # We hold the write lock: the next ids are ours. Explicit ids let executemany
         # insert the run and its entries without a round trip per message.
         first = conn.execute(SELECT_LAST_MESSAGE_ID).fetchone()[0] + 1
         conn.executemany(
-            INSERT_MESSAGE_WITH_ID, [(first + i, *row) for i, row in enumerate(messages)]
+            INSERT_MESSAGE_WITH_ID, [(first + i, *row) for i, row in enumerate(shared)]
         )
-        conn.executemany(sql.INSERT_ENTRY, [(q, first + i, p) for i, q, p in entries])
-        messages.clear()
+        conn.executemany(
+            sql.INSERT_ENTRY_SHARED,
+            [(q, p, None, None, None, None, first + i) for i, q, p in entries],
+        )
+        shared.clear()
         entries.clear()
 
     for args, extra in publishes:
@@ -199,14 +206,36 @@ def publish_many(tx: store.Txn, publishes: Sequence[PublishCall]) -> list[Any]:
             flush()  # TTL or a length limit: the full path, in order
             results.append(store.publish(tx, *args, **extra))
             continue
-        index = len(messages)
-        messages.append(
-            (exchange, routing_key, properties, body, tx.wall_ms, extra.get("amqp_properties"))
+        message = (
+            exchange,
+            routing_key,
+            properties,
+            body,
+            tx.wall_ms,
+            extra.get("amqp_properties"),
         )
-        for queue_id, target in targets.items():
-            max_priority = target[0]
-            entries.append((index, queue_id, min(priority, max_priority) if max_priority else 0))
+        if len(targets) == 1:
+            # Queue order is publish order (entry ids): a run holds one kind of message at
+            # a time, so a change of kind flushes it.
+            if shared:
+                flush()
+            ((queue_id, target),) = targets.items()
+            inline.append(
+                (queue_id, _priority(priority, target[0]), None, None, None, None, *message)
+            )
+        else:
+            if inline:
+                flush()
+            index = len(shared)
+            shared.append(message)
+            for queue_id, target in targets.items():
+                entries.append((index, queue_id, _priority(priority, target[0])))
         tx.touched.update(targets)
         results.append(len(targets))
     flush()
     return results
+
+
+def _priority(priority: int, max_priority: int | None) -> int:
+    """A message's priority in a queue: capped at its x-max-priority; 0 without one."""
+    return min(priority, max_priority) if max_priority else 0

@@ -81,8 +81,8 @@ def snapshot(db: str) -> tuple[Counter[str], Counter[str]]:
     conn = sqlite3.connect(db)
     try:
         rows = conn.execute(
-            "SELECT CAST(m.body AS TEXT), q.name FROM mq_entries e "
-            "JOIN mq_messages m ON m.id = e.message_id JOIN mq_queues q ON q.id = e.queue_id"
+            "SELECT CAST(coalesce(e.body, m.body) AS TEXT), q.name FROM mq_entries e "
+            "LEFT JOIN mq_messages m ON m.id = e.message_id JOIN mq_queues q ON q.id = e.queue_id"
         ).fetchall()
     finally:
         conn.close()

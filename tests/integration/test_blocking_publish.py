@@ -307,6 +307,7 @@ def test_non_mandatory_unroutable_publish_is_dropped_silently(db_path, conn, ch)
 
     assert returned == []
     assert count_rows(db_path, "mq_messages") == 0
+    assert count_rows(db_path, "mq_entries") == 0
 
 
 def test_seed_program_publish_to_unbound_greeting_exchange_is_dropped(db_path, blocking_connect):
@@ -336,6 +337,17 @@ def test_message_routed_to_ten_queues_stores_its_body_once(db_path, conn):
 
     assert count_rows(db_path, "mq_messages") == 1
     assert count_rows(db_path, "mq_entries") == 10
+
+
+def test_message_routed_to_one_queue_is_one_row(db_path, conn):
+    """The common case costs one row (the entry holds the message): no mq_messages row."""
+    ch = conn.channel()
+    ch.queue_declare("solo")
+    ch.basic_publish("", "solo", b"alone", mqstore.BasicProperties(message_id="m-1"))
+    conn.close()
+
+    assert count_rows(db_path, "mq_messages") == 0
+    assert count_rows(db_path, "mq_entries") == 1
 
 
 def test_each_queue_of_a_fanout_gets_its_own_copy_to_ack(conn):

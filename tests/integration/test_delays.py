@@ -205,6 +205,7 @@ def test_queue_delete_drops_scheduled_messages(ch, fake_clock, db_path):
 
     with sqlite3.connect(db_path) as db:
         assert db.execute("SELECT count(*) FROM mq_messages").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM mq_entries").fetchone()[0] == 0
 
 
 def test_x_delayed_message_exchange_routes_as_its_delayed_type(ch, fake_clock):

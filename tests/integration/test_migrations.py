@@ -111,9 +111,10 @@ def test_migrations_equal_create_all(tmp_path: Path) -> None:
     assert by_name["mq_entries_release_message"][0] == "trigger"
     assert "AFTER DELETE ON mq_entries" in (by_name["mq_entries_release_message"][1] or "")
     assert by_name["ix_mq_entries_ready"][1] == (
-        "CREATE INDEX ix_mq_entries_ready ON mq_entries (queue_id, priority DESC, id) "
-        "WHERE lease_token IS NULL"
+        "CREATE INDEX ix_mq_entries_ready ON mq_entries (queue_id, lease_token, priority DESC, id)"
     )
+    assert "ix_mq_entries_queue_id" not in by_name
+    assert (by_name["ix_mq_entries_message_id"][1] or "").endswith("WHERE message_id IS NOT NULL")
     for name in ("ix_mq_entries_lease_expiry", "ix_mq_entries_lease_owner"):
         assert (by_name[name][1] or "").endswith("WHERE lease_token IS NOT NULL")
     tables = {name for type_, name, _t, _s in migrated if type_ == "table"}
@@ -358,3 +359,79 @@ def test_migrate_from_installed_copy_in_another_cwd(tmp_path: Path) -> None:
     assert _revision(path) == HEAD
     assert _schema(path) == _create_all_schema(tmp_path)
     assert not any(cwd.iterdir())
+
+
+def _alembic(path: Path, action: str, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(mq_migrate.MIGRATIONS_DIR))
+            cfg.set_main_option("path_separator", "os")
+            cfg.attributes["connection"] = conn
+            getattr(command, action)(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+_MESSAGES_OF = (
+    "SELECT e.id, e.queue_id, e.lease_token, coalesce(e.body, m.body), "
+    "coalesce(e.routing_key, m.routing_key) FROM mq_entries e "
+    "LEFT JOIN mq_messages m ON m.id = e.message_id ORDER BY e.id"
+)
+
+
+def test_0007_keeps_entries_and_leases_and_inlines_new_messages(tmp_path: Path) -> None:
+    """A file written before single-queue messages were inlined keeps every entry (ids,
+    leases, shared bodies) across the table rebuild, and downgrading moves inline messages
+    back into mq_messages."""
+    path = tmp_path / "mq.db"
+    _alembic(path, "upgrade", "0006")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(
+            "INSERT INTO mq_queues (id, name, durable, auto_delete, consumer_timeout_ms,"
+            " created_at_ms) VALUES (1, 'q1', 1, 0, 0, 0), (2, 'q2', 1, 0, 0, 0)"
+        )
+        conn.execute(
+            "INSERT INTO mq_messages (id, exchange, routing_key, body, published_at_ms)"
+            " VALUES (7, '', 'shared', x'07', 0), (8, '', 'q1', x'08', 0)"
+        )
+        conn.execute(
+            "INSERT INTO mq_entries (id, queue_id, message_id, lease_token, lease_owner)"
+            " VALUES (10, 1, 7, NULL, NULL), (11, 2, 7, 99, 5), (12, 1, 8, NULL, NULL)"
+        )
+    finally:
+        conn.close()
+    migrate(str(path))
+    assert _revision(path) == HEAD
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert conn.execute(_MESSAGES_OF).fetchall() == [
+            (10, 1, None, b"\x07", "shared"),
+            (11, 2, 99, b"\x07", "shared"),
+            (12, 1, None, b"\x08", "q1"),
+        ]
+        # A message inlined in its entry, as a single-queue publish now stores it.
+        conn.execute(
+            "INSERT INTO mq_entries (id, queue_id, exchange, routing_key, body, published_at_ms)"
+            " VALUES (13, 2, '', 'q2', x'0d', 0)"
+        )
+        conn.execute("DELETE FROM mq_entries WHERE id = 10")
+        assert conn.execute("SELECT id FROM mq_messages ORDER BY id").fetchall() == [(7,), (8,)]
+    finally:
+        conn.close()
+    assert _schema(path) == _create_all_schema(tmp_path)
+
+    _alembic(path, "downgrade", "0006")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert conn.execute(
+            "SELECT e.id, e.lease_token, m.body FROM mq_entries e "
+            "JOIN mq_messages m ON m.id = e.message_id ORDER BY e.id"
+        ).fetchall() == [(11, 99, b"\x07"), (12, None, b"\x08"), (13, None, b"\x0d")]
+    finally:
+        conn.close()

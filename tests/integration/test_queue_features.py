@@ -720,8 +720,8 @@ def _counts_of(tx, queue):
         "SELECT ready_count, ready_bytes FROM mq_queues WHERE name = ?", (queue,)
     ).fetchone()
     actual = tx.conn.execute(
-        "SELECT count(*), coalesce(sum(length(m.body)), 0) FROM mq_entries e "
-        "JOIN mq_messages m ON m.id = e.message_id JOIN mq_queues q ON q.id = e.queue_id "
+        "SELECT count(*), coalesce(sum(length(coalesce(e.body, m.body))), 0) FROM mq_entries e "
+        "LEFT JOIN mq_messages m ON m.id = e.message_id JOIN mq_queues q ON q.id = e.queue_id "
         "WHERE q.name = ? AND e.lease_token IS NULL",
         (queue,),
     ).fetchone()

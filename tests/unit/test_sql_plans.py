@@ -44,7 +44,8 @@ def plan(conn: sqlite3.Connection, statement: str, params: tuple) -> str:
         (sql.LEASE_ENTRIES, (1, 1, 0, 0, "[1]"), "INTEGER PRIMARY KEY"),
         (sql.DELETE_ENTRIES, ("[1]",), "INTEGER PRIMARY KEY"),
         # Queue features (docs/queue-features.md).
-        (sql.INSERT_ENTRY_FULL, (1, 1, 0, 5, 3), ""),
+        (sql.INSERT_ENTRY_INLINE, (1, 1, 0, 5, None, None, "", "q", None, b"x", 0, None), ""),
+        (sql.INSERT_ENTRY_SHARED, (1, 1, 0, 5, None, None, 7), ""),
         (sql.SELECT_EXPIRED, (1, 10), "ix_mq_entries_expiry"),
         (sql.SELECT_EXPIRED_QUEUES, (1, 10), "ix_mq_queues_expiry"),
         (sql.TOUCH_QUEUE, (1, 1), "INTEGER PRIMARY KEY"),
@@ -85,8 +86,25 @@ def test_count_triggers_update_their_queue_by_primary_key(conn: sqlite3.Connecti
 
 
 def test_release_trigger_finds_sibling_entries_by_index(conn: sqlite3.Connection) -> None:
+    """The partial index holds shared messages' entries only; the trigger's lookup (message_id
+    = ?, which implies NOT NULL) can still use it."""
     text = plan(conn, "SELECT 1 FROM mq_entries WHERE message_id = ?", (1,))
     assert "ix_mq_entries_message_id" in text, text
+
+
+def test_queue_wide_statements_use_the_ready_index_prefix(conn: sqlite3.Connection) -> None:
+    """ix_mq_entries_ready starts with queue_id and holds every entry: deleting a queue's
+    entries (the foreign key's ON DELETE CASCADE) and counting them never scan."""
+    for statement in ("DELETE FROM mq_entries WHERE queue_id = ?", sql.PURGE_READY):
+        text = plan(conn, statement, (1,))
+        assert "ix_mq_entries_ready (queue_id=?" in text, text
+
+
+def test_leasing_reads_the_queue_head_in_index_order(conn: sqlite3.Connection) -> None:
+    """Ready entries come first in the index, in delivery order: no sort for ORDER BY."""
+    text = plan(conn, sql.SELECT_READY, (1, 0, 10))
+    assert "lease_token=?" in text, text
+    assert "TEMP B-TREE" not in text, text
 
 
 def test_no_plain_begin_in_the_package() -> None:
