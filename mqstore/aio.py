@@ -17,6 +17,7 @@ concurrent coroutines share commits (group commit).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import inspect
@@ -157,7 +158,9 @@ class Delivery:
         return int(self.method.delivery_count)
 
     async def ack(self) -> None:
-        await self.channel.basic_ack(self.delivery_tag)
+        channel = self.channel
+        if not channel._ack_fresh(self.delivery_tag):
+            await channel.basic_ack(self.delivery_tag)
 
     async def nack(self, requeue: bool = True) -> None:
         await self.channel.basic_nack(self.delivery_tag, requeue=requeue)
@@ -172,6 +175,44 @@ class Delivery:
 _END = object()
 
 
+class _Buffer:
+    """A ``consume()`` iterator's deliveries: the part of ``asyncio.Queue`` used here
+    (``qsize``, ``empty``, ``put_nowait``, ``get_nowait``, ``get``) without its per-item
+    bookkeeping, which showed in profiles of consuming. One reader: the iterator."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        while not self._items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class AsyncChannel:
     """A channel; errors are raised by the failing call and close the channel, as in the
     blocking API."""
@@ -183,7 +224,7 @@ class AsyncChannel:
         self._loop = asyncio.get_running_loop()
         self._dispatcher: asyncio.Task[None] | None = None
         self._waker: Callable[[], None] | None = None
-        self._buffers: dict[str, asyncio.Queue[Any]] = {}
+        self._buffers: dict[str, _Buffer] = {}
         self._return_callbacks: list[Callable[..., Any]] = []
         # Held while a fetch is in flight: a cancel or close waits for it, so every lease
         # it commits is tracked (and requeued by the close) instead of left stranded.
@@ -386,8 +427,20 @@ class AsyncChannel:
         return await self._run(self._state.basic_get(queue, auto_ack))
 
     async def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
-        await self._run(self._state.basic_ack(delivery_tag, multiple))
+        if multiple or not self._ack_fresh(delivery_tag):
+            await self._run(self._state.basic_ack(delivery_tag, multiple))
+            self._room_freed()
+
+    def _ack_fresh(self, delivery_tag: int) -> bool:
+        """Ack one fresh delivery with no generator or coroutine in between (consuming
+        acks every message); False, having done nothing, when basic_ack's path is needed."""
+        engine = self.connection.engine
+        call = self._state.ack_fresh(delivery_tag)
+        if call is None:
+            return False
+        engine.post(call)
         self._room_freed()
+        return True
 
     async def basic_nack(
         self, delivery_tag: int = 0, multiple: bool = False, requeue: bool = True
@@ -405,8 +458,10 @@ class AsyncChannel:
 
     def _room_freed(self) -> None:
         """An ack freed prefetch room: fetch more, unless iterators still hold plenty."""
-        if all(buffer.qsize() <= _REFILL_AT for buffer in self._buffers.values()):
-            self._wake.set()
+        for buffer in self._buffers.values():
+            if buffer.qsize() > _REFILL_AT:
+                return
+        self._wake.set()
 
     async def basic_consume(
         self,
@@ -445,18 +500,19 @@ class AsyncChannel:
         Breaking out of the loop cancels the consumer; unacked deliveries stay on the
         channel until acked or the channel closes, and those buffered but not yet yielded
         are requeued (as aio-pika's QueueIterator.close does)."""
-        buffer: asyncio.Queue[Any] = asyncio.Queue()
+        buffer = _Buffer()
         tag = await self._run(
             self._state.basic_consume(queue, buffer, auto_ack, exclusive, consumer_tag, arguments)
         )
         self._buffers[tag] = buffer
         self._start_dispatcher()
+        items = buffer._items
         try:
             while True:
-                item = await buffer.get()
+                item = items.popleft() if items else await buffer.get()
                 if item is _END:
                     return
-                if buffer.qsize() <= _REFILL_AT:
+                if len(items) <= _REFILL_AT:
                     self._wake.set()
                 yield item
         finally:
@@ -494,8 +550,14 @@ class AsyncChannel:
             for consumer in self._state.broker_cancelled:
                 self._broker_cancelled(consumer)
             self._state.broker_cancelled.clear()
+            buffers = self._buffers
             for consumer, method, properties, body in deliveries:
-                await self._deliver(consumer, method, properties, body)
+                buffer = consumer.callback
+                if type(buffer) is _Buffer and consumer.tag in buffers:
+                    # An iterator's delivery (as _deliver, without a coroutine per message).
+                    buffer.put_nowait(Delivery(self, method, properties, body))
+                else:
+                    await self._deliver(consumer, method, properties, body)
             if not deliveries:
                 await self._wake.wait()
         if self._waker is not None:
@@ -505,7 +567,7 @@ class AsyncChannel:
     async def _deliver(
         self, consumer: Consumer, method: Deliver, properties: BasicProperties, body: bytes
     ) -> None:
-        if isinstance(consumer.callback, asyncio.Queue):
+        if isinstance(consumer.callback, _Buffer | asyncio.Queue):
             if consumer.tag not in self._buffers and not consumer.auto_ack:
                 # Leased while its iterator ended: nobody will see it, so requeue it.
                 await self.basic_nack(method.delivery_tag, requeue=True)
@@ -520,7 +582,7 @@ class AsyncChannel:
             buffer.put_nowait(_END)
 
 
-def _drain(buffer: asyncio.Queue[Any]) -> list[Any]:
+def _drain(buffer: _Buffer) -> list[Any]:
     items = []
     while not buffer.empty():
         items.append(buffer.get_nowait())

@@ -447,6 +447,12 @@ class BlockingChannel:
         return []
 
     def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
+        if not multiple:
+            # The common case (one fresh delivery) posts its ack with no generator to drive.
+            call = self._state.ack_fresh(delivery_tag)
+            if call is not None:
+                self.connection._engine.post(call)
+                return
         self._run(self._state.basic_ack(delivery_tag, multiple))
 
     def basic_nack(

@@ -8,6 +8,7 @@ here, so neither re-implements routing, leasing or bookkeeping.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import secrets
 from collections.abc import Collection, Generator, Mapping
@@ -41,6 +42,8 @@ FETCH_LIMIT = 100
 # channel with reply_to=REPLY_TO carries that name instead, so replies (default exchange,
 # routing key = reply_to) reach the consumer from any process. See docs/rpc.md.
 REPLY_TO = "amq.rabbitmq.reply-to"
+# store.ack's keyword arguments for acks of fresh leases (the engine copies them per call).
+_MISSING_OK: Mapping[str, Any] = {"missing_ok": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,30 +505,52 @@ class ChannelState:
             members = [(c, room) for c, room in members if c.row_id in allowed]
             if not leased:
                 continue
-            rooms = [room for _, room in members]
-            turn = 0
-            for message in leased:
-                while rooms[turn] == 0:
+            if len(members) == 1:
+                # One consumer (the common case): no turns to deal out.
+                self._deliver_all(members[0][0], leased, deliveries)
+            else:
+                rooms = [room for _, room in members]
+                turn = 0
+                for message in leased:
+                    while rooms[turn] == 0:
+                        turn = (turn + 1) % len(members)
+                    consumer = members[turn][0]
+                    rooms[turn] -= 1
                     turn = (turn + 1) % len(members)
-                consumer = members[turn][0]
-                rooms[turn] -= 1
-                turn = (turn + 1) % len(members)
-                tag = self._track(message, consumer, consumer.auto_ack)
-                method = Deliver(
-                    consumer.tag,
-                    tag,
-                    message.delivery_count > 1,
-                    message.exchange,
-                    message.routing_key,
-                    message.delivery_count,
-                )
-                deliveries.append((consumer, method, _properties(message), message.body))
+                    self._deliver_all(consumer, (message,), deliveries)
             for consumer, _ in members:
                 full = consumer.prefetch and consumer.unacked >= consumer.prefetch
                 if consumer.priority is not None and full and not consumer.auto_ack:
                     consumer.blocked = True
                     yield Call(store.set_consumer_blocked, (consumer.row_id, True), post=True)
         return deliveries
+
+    def _deliver_all(
+        self, consumer: Consumer, leased: Collection[LeasedMessage], out: list[Any]
+    ) -> None:
+        """Track ``leased`` as deliveries to ``consumer`` and append them to ``out``; as
+        :meth:`_track` and :class:`Deliver` per message, with the lookups hoisted out of the
+        loop (it runs for every consumed message)."""
+        tags = self._tags
+        unacked = self.unacked
+        ctag = consumer.tag
+        track = not consumer.auto_ack
+        for message in leased:
+            tag = next(tags)
+            if track:
+                unacked[tag] = Unacked(
+                    message.entry_id,
+                    message.token,
+                    ctag,
+                    message.consumer_timeout_ms,
+                    message.leased_at_ms,
+                    message.lease_ms,
+                )
+            count = message.delivery_count
+            method = Deliver(ctag, tag, count > 1, message.exchange, message.routing_key, count)
+            out.append((consumer, method, _properties(message), message.body))
+        if track:
+            consumer.unacked += len(leased)
 
     def _track(self, message: LeasedMessage, consumer: Consumer | None, auto_ack: bool) -> int:
         tag = next(self._tags)
@@ -613,6 +638,49 @@ class ChannelState:
         if stale:
             raise _lease_lost(taken, stale, ack=ack)
         return None
+
+    def ack_fresh(self, delivery_tag: int) -> Call | None:
+        """``basic_ack(delivery_tag)`` without a generator, for the common case: one tag,
+        channel open, no error pending, no transaction, a fresh lease. Returns the call to
+        post (exactly what :meth:`basic_ack` would post), or None, having changed nothing,
+        when any other rule applies: drive :meth:`basic_ack` then."""
+        if (
+            type(delivery_tag) is not int  # bool, float, int subclasses: basic_ack's checks
+            or not self.is_open
+            or self.deferred_error is not None
+            or self.tx is not None
+            or self.now_ms is None
+        ):
+            return None
+        item = self.unacked.get(delivery_tag)
+        if item is None:
+            return None
+        lease_ms = item.lease_ms
+        bound = min(lease_ms, item.consumer_timeout_ms or lease_ms)
+        if not lease_ms or self.now_ms() - item.leased_at_ms >= bound // 2:
+            return None  # not fresh (see _fresh): the ack waits for its commit
+        del self.unacked[delivery_tag]
+        consumer = self.consumers.get(item.consumer_tag or "")
+        if consumer is not None:
+            consumer.unacked -= 1
+        return Call(
+            store.ack,
+            ([(item.entry_id, item.token)],),
+            _MISSING_OK,
+            False,
+            True,
+            functools.partial(self._fresh_ack_done, delivery_tag, item),
+            ("ack", id(self)),
+        )
+
+    def _fresh_ack_done(
+        self, tag: int, item: Unacked, stale: Any, error: BaseException | None
+    ) -> None:
+        """``_deferred_done([(tag, item)])`` for the one ack :meth:`ack_fresh` posts."""
+        if isinstance(error, errors.MqstoreError):
+            self.deferred_error = error
+        elif stale and (item.entry_id, item.token) in {tuple(pair) for pair in stale}:
+            self.deferred_error = _lease_lost([(tag, item)], stale, ack=True)
 
     def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> Steps:
         self.check_open()
@@ -748,6 +816,10 @@ def _close_channel(tx: store.Txn, leases: list[tuple[int, int]], consumer_ids: l
 
 def _properties(message: LeasedMessage) -> BasicProperties:
     fields = message.properties
+    if not fields and message.delivery_count == 1:
+        properties = BasicProperties()  # no properties, first delivery: nothing to copy
+        properties.amqp_encoded = message.amqp_properties
+        return properties
     if message.delivery_count > 1:
         # As RabbitMQ quorum queues: the number of earlier deliveries, absent on the first.
         headers = dict(fields.get("headers") or {})

@@ -63,9 +63,22 @@ class BasicProperties:
         app_id: str | None = None,
         cluster_id: str | None = None,
     ) -> None:
-        values = locals()
-        for name in PROPERTY_FIELDS:
-            setattr(self, name, values[name])
+        # Plain assignments, not a loop over PROPERTY_FIELDS: one of these is built for
+        # every delivered message.
+        self.content_type = content_type
+        self.content_encoding = content_encoding
+        self.headers = headers
+        self.delivery_mode = delivery_mode
+        self.priority = priority
+        self.correlation_id = correlation_id
+        self.reply_to = reply_to
+        self.expiration = expiration
+        self.message_id = message_id
+        self.timestamp = timestamp
+        self.type = type
+        self.user_id = user_id
+        self.app_id = app_id
+        self.cluster_id = cluster_id
         self.amqp_encoded: bytes | None = None
 
     @classmethod
@@ -205,9 +218,11 @@ class ReturnedMessage:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LeasedMessage:
-    """One message leased from a queue, as the store returns it (internal)."""
+    """One message leased from a queue, as the store returns it (internal). Not frozen:
+    the store builds one per leased message, and a frozen dataclass's ``__init__`` costs
+    several times as much."""
 
     entry_id: int
     token: int
