@@ -58,6 +58,7 @@ class _Op:
         "queued",
         "result",
         "sync",
+        "waiter",
     )
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, sync: bool) -> None:
@@ -72,12 +73,17 @@ class _Op:
         self.future: asyncio.Future[Any] | None = None
         self.on_done: Callable[[Any, BaseException | None], None] | None = None
         self.queued = False  # waiting in _pending (a posted op can still absorb others)
+        # Held while a blocking caller waits for this op; released when the op is done or
+        # its caller is to lead the next batch (group commit's hand-off).
+        self.waiter: Any = None
 
     def complete(self) -> None:
         """Mark done and run ``on_done``; an awaited future is settled separately."""
         self.done = True
         if self.on_done is not None:
             self.on_done(self.result, self.error)
+        if self.waiter is not None:
+            self.waiter.release()
 
     def finish(self) -> None:
         self.complete()
@@ -107,6 +113,9 @@ def _chain(
 def _finish_all(batch: list[_Op]) -> None:
     """Finish a committed batch: one wake-up per event loop for all its awaited operations
     (instead of one call_soon_threadsafe, and one self-pipe write, per operation)."""
+    if len(batch) == 1 and batch[0].future is None:
+        batch[0].complete()  # a lone blocking caller: nothing to settle on a loop
+        return
     by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
     for op in batch:
         op.complete()
@@ -238,7 +247,11 @@ class Engine:
         self._stat = os.stat(path)
         self._replaced = False
         self._sync_full: bool | None = None
+        # Guards _pending, _leader and _coalescing. Blocking callers wait on their own op's
+        # lock (no thundering herd); the condition is for the rare waits for leadership to
+        # be free (checkpoint, close), counted in _idle_waiters.
         self._cond = threading.Condition(threading.Lock())
+        self._idle_waiters = 0
         self._pending: list[_Op] = []
         # Posted operations that later posts with the same key may join (acks of a channel).
         self._coalescing: dict[Any, _Op] = {}
@@ -339,11 +352,16 @@ class Engine:
         op = _Op(fn, args, kwargs, sync)
         with self._cond:
             self._pending.append(op)
-            while self._leader and not op.done:
-                self._cond.wait()
+            lead = not self._leader
+            if lead:
+                self._leader = True
+            else:
+                op.waiter = threading.Lock()
+                op.waiter.acquire()
+        if not lead:
+            op.waiter.acquire()  # released by the leader: op done, or ours to lead
             if op.done:
                 return op.outcome()
-            self._leader = True
         self._lead(until=op)
         return op.outcome()
 
@@ -391,7 +409,8 @@ class Engine:
                 self._kick.set()
 
     def _lead(self, until: _Op | None) -> None:
-        """Commit batches until ``until`` is done (or, for the flush thread, until idle)."""
+        """Commit batches until ``until`` is done (or, for the flush thread, until idle),
+        then hand the leader role on to a caller still waiting, if any."""
         try:
             while True:
                 with self._cond:
@@ -404,17 +423,36 @@ class Engine:
                 if self._checkpoint_due:
                     self._run_due_checkpoint()
                 with self._cond:
-                    self._cond.notify_all()
                     if not self._pending or (until is not None and until.done):
-                        self._leader = False
-                        if self._pending:
-                            self._kick.set()
+                        self._pass_lead()
                         return
         except BaseException:
             with self._cond:
-                self._leader = False
-                self._cond.notify_all()
+                self._pass_lead()
             raise
+
+    def _pass_lead(self) -> None:
+        """Give up the leader role (holding ``_cond``): to the first blocking caller still
+        waiting, whose op then leads the next batch, else to the flush thread for posted
+        and awaited ops, else to nobody."""
+        for op in self._pending:
+            if op.waiter is not None:
+                op.waiter.release()  # _leader stays True: it is that caller's now
+                return
+        self._leader = False
+        if self._pending:
+            self._kick.set()
+        if self._idle_waiters:
+            self._cond.notify_all()
+
+    def _wait_until_no_leader(self) -> None:
+        """Holding ``_cond``: wait until no thread leads."""
+        self._idle_waiters += 1
+        try:
+            while self._leader:
+                self._cond.wait()
+        finally:
+            self._idle_waiters -= 1
 
     def _flush_loop(self) -> None:
         while not self._stop.is_set():
@@ -423,10 +461,8 @@ class Engine:
             if self._stop.is_set():
                 return
             with self._cond:
-                while self._leader:
-                    self._cond.wait()
-                if not self._pending:
-                    continue
+                if self._leader or not self._pending:
+                    continue  # the leader passes the pending ops on when it is done
                 self._leader = True
             self._lead(until=None)
 
@@ -467,7 +503,7 @@ class Engine:
         conn = self._conn
         tx = store.Txn(conn, self.clock.now_ms(), self.clock.wall_ms(), cache=self._route_cache)
         tx.low_disk = self.disk.low()
-        sync_full = any(op.sync for op in batch)
+        sync_full = batch[0].sync if len(batch) == 1 else any(op.sync for op in batch)
         try:
             if sync_full:
                 self._check_replaced()
@@ -580,6 +616,8 @@ class Engine:
                 self._gone_peers.extend(gone)
 
     def _notify_local(self) -> None:
+        if not self._wakers:
+            return  # nobody waits (a waker added now checks for messages itself)
         with self._wakers_lock:
             wakers = list(self._wakers)
         for waker in wakers:
@@ -678,8 +716,12 @@ class Engine:
         grew past 500 MiB within a second): the current leader runs it after its batch."""
         with self._cond:
             self._checkpoint_due = True
-            while self._leader and self._checkpoint_due:
-                self._cond.wait()
+            self._idle_waiters += 1
+            try:
+                while self._leader and self._checkpoint_due:
+                    self._cond.wait()
+            finally:
+                self._idle_waiters -= 1
             if not self._checkpoint_due:
                 return self._checkpoint_result  # the leader ran it
             self._leader = True
@@ -687,10 +729,7 @@ class Engine:
             return self._checkpoint_now()
         finally:
             with self._cond:
-                self._leader = False
-                self._cond.notify_all()
-                if self._pending:
-                    self._kick.set()
+                self._pass_lead()
 
     def _checkpoint_now(self) -> tuple[int, int, int] | None:
         """Run by the leader, outside any transaction."""
@@ -709,6 +748,9 @@ class Engine:
             self._checkpoint_now()
         except errors.MqstoreError as exc:
             log.warning("mqstore checkpoint failed: %s", exc, extra={"action": "upkeep_failed"})
+        with self._cond:
+            if self._idle_waiters:
+                self._cond.notify_all()  # checkpoint() waits for this
 
     def _lease_taken(self, lease_ms: int) -> None:
         """Renew at least three times per lease, so a live connection never loses one."""
@@ -767,8 +809,7 @@ class Engine:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=5)
         with self._cond:
-            while self._leader:
-                self._cond.wait()
+            self._wait_until_no_leader()
             self._closed = True
         self._conn.close()
         self.checkpointer.close()

@@ -138,6 +138,17 @@ INSERT_ENTRY_INLINE = (
 INSERT_ENTRY_SHARED = (
     f"INSERT INTO mq_entries ({_ENTRY_COLUMNS}, message_id) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+# The common publish in one statement: to the default exchange (routed by queue name), into
+# a queue with no TTL, length limit or deduplication window, inline. No row inserted: the
+# queue is missing or has a feature, and the publish takes the general path. (No RETURNING:
+# it costs as much again as the insert.)
+PUBLISH_DEFAULT_PLAIN = (
+    "INSERT INTO mq_entries (queue_id, priority, exchange, routing_key, properties, body, "
+    "published_at_ms, amqp_properties) "
+    "SELECT id, CASE WHEN max_priority THEN min(?2, max_priority) ELSE 0 END, '', name, "
+    "?3, ?4, ?5, ?6 FROM mq_queues WHERE name = ?1 AND message_ttl_ms IS NULL "
+    "AND max_length IS NULL AND max_length_bytes IS NULL AND dedup_window_ms IS NULL"
+)
 # An entry's message, inline or shared: for an inline entry the mq_messages columns are NULL
 # (no row joins), for a shared one the entry's own are; coalesce picks whichever is set.
 _MESSAGE_COLUMNS = (

@@ -40,7 +40,8 @@ class Txn:
     conn: sqlite3.Connection
     now_ms: int
     wall_ms: int
-    touched: set[int] = field(default_factory=set)
+    # Queues (ids; names on the default exchange's fast path) given deliverable messages.
+    touched: set[int | str] = field(default_factory=set)
     queues_deleted: bool = False
     # The shortest lease taken in this transaction: the engine renews at least that often.
     shortest_lease_ms: int | None = None
@@ -532,6 +533,14 @@ def publish(
             "free disk space is below the limit: publish refused (not stored); acks and "
             "deletes still work so consumers can drain"
         )
+    if exchange == "" and expiration is None and not delay:
+        stored = tx.conn.execute(
+            sql.PUBLISH_DEFAULT_PLAIN,
+            (routing_key, priority, properties, body, tx.wall_ms, amqp_properties),
+        ).rowcount
+        if stored:
+            tx.touched.add(routing_key)
+            return 1
     targets: Mapping[int, Target] | None = None
     if exchange == "":
         row = tx.conn.execute(sql.ROUTE_DEFAULT, (routing_key,)).fetchone()

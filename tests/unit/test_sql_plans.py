@@ -40,6 +40,7 @@ def plan(conn: sqlite3.Connection, statement: str, params: tuple) -> str:
         (sql.ROUTE_DIRECT, ("x", "k"), "sqlite_autoindex_mq_bindings_1"),
         (sql.ROUTE_ALL, ("x",), "sqlite_autoindex_mq_bindings_1"),
         (sql.ROUTE_DEFAULT, ("q",), "sqlite_autoindex_mq_queues"),
+        (sql.PUBLISH_DEFAULT_PLAIN, ("q", 0, None, b"x", 0, None), "sqlite_autoindex_mq_queues"),
         (sql.ROUTE_EXCHANGES, ("x",), "sqlite_autoindex_mq_exchange_bindings_1"),
         (sql.LEASE_ENTRIES, (1, 1, 0, 0, "[1]"), "INTEGER PRIMARY KEY"),
         (sql.DELETE_ENTRIES, ("[1]",), "INTEGER PRIMARY KEY"),
