@@ -8,11 +8,14 @@ one fsync'd SQLite commit, and that cost depends entirely on the disk and file s
 targets that are relative (sequential durable publish >= 70% of raw sqlite3) are judged
 against raw sqlite3 measured here, and every row shows its ratio to that reference.
 
-Each figure is the median of 3 runs (min and max shown); N is calibrated per case so a run
-takes a second or two (``--quick``: a tenth of a second, for smoke tests only). Every run
-gets a fresh directory under the bench directory (default: ``benchmarks/results``, i.e. the
-repository's file system, not a tmpfs), removed afterwards. The table is printed and written
-as Markdown to ``benchmarks/results/core.md``.
+Each figure is the median of 5 runs (min and max shown); N is calibrated per case so a run
+takes a second or two. Every run of an mqstore case is paired with a run of its raw sqlite3
+reference just before it, and the ratio shown is the median of the 5 pairwise ratios: the
+fsync latency of a shared virtual disk drifts by tens of percent within a minute, which would
+skew a ratio of medians taken minutes apart. (``--quick``: a tenth of a second per run, for
+smoke tests only.) Every run gets a fresh directory under the bench directory (default:
+``benchmarks/results``, i.e. the repository's file system, not a tmpfs), removed afterwards.
+The table is printed and written as Markdown to ``benchmarks/results/core.md``.
 
 Only the standard library and mqstore's public API are used.
 """
@@ -40,7 +43,7 @@ import mqstore
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-RUNS = 3
+RUNS = 5
 CONCURRENCY = 64
 PREFETCH = 100
 BODY_SIZE = 256
@@ -239,6 +242,8 @@ class Result:
     case: Case
     n: int
     rates: list[float]
+    # Each run's rate over its paired reference run's rate (cases with a reference).
+    ratios: list[float] | None = None
 
     @property
     def median(self) -> float:
@@ -337,13 +342,21 @@ def calibrate(case: Case, bench_dir: Path, probe_s: float, target_s: float, max_
     return min(max_n, round_n(n / elapsed * target_s))
 
 
-def measure(case: Case, bench_dir: Path, quick: bool) -> Result:
+def measure(case: Case, bench_dir: Path, quick: bool, reference: Result | None = None) -> Result:
+    """RUNS runs of ``case``; with a ``reference``, each run right after one of it."""
     if quick:
         n = calibrate(case, bench_dir, probe_s=0.02, target_s=0.1, max_n=4096)
     else:
         n = calibrate(case, bench_dir, probe_s=0.3, target_s=1.5, max_n=200_000)
-    rates = [n / timed(case, bench_dir, n) for _ in range(RUNS)]
-    return Result(case, n, rates)
+    rates: list[float] = []
+    ratios: list[float] = []
+    for _ in range(RUNS):
+        if reference is not None:
+            ref_rate = reference.n / timed(reference.case, bench_dir, reference.n)
+        rates.append(n / timed(case, bench_dir, n))
+        if reference is not None:
+            ratios.append(rates[-1] / ref_rate)
+    return Result(case, n, rates, ratios if reference is not None else None)
 
 
 # --- machine and report ----------------------------------------------------------------------
@@ -385,12 +398,16 @@ def fmt_rate(rate: float) -> str:
 
 
 def table(results: list[Result]) -> str:
-    refs = {r.case.provides: r.median for r in results if r.case.provides}
-    head = "| Case | N | msgs/s (median) | min | max | vs raw sqlite3 | Target | Pass |"
+    head = (
+        "| Case | N | msgs/s (median) | min | max | vs raw sqlite3 (paired runs: median, "
+        "min-max) | Target | Pass |"
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|---|:---:|"]
     for r in results:
-        ratio = r.median / refs[r.case.reference] if r.case.reference else 1.0
-        vs = f"{ratio:.2f}x {r.case.reference}" if r.case.reference else "reference"
+        ratio = statistics.median(r.ratios) if r.ratios else 1.0
+        vs = "reference"
+        if r.ratios:
+            vs = f"{ratio:.2f}x {r.case.reference} ({min(r.ratios):.2f}-{max(r.ratios):.2f})"
         verdict = "—"
         if r.case.check is not None:
             verdict = "PASS" if r.case.check(r.median, ratio) else "FAIL"
@@ -411,9 +428,10 @@ def report(results: list[Result], bench_dir: Path, quick: bool) -> str:
         "",
         *[f"- {key}: {value}" for key, value in machine(bench_dir)],
         "",
-        f"Median of {RUNS} runs; {BODY_SIZE}-byte random bodies. Ratios are to the raw "
-        "sqlite3 row of the same durability measured in this run (consume+ack is compared "
-        "with NORMAL: acks commit with synchronous=NORMAL).",
+        f"Median of {RUNS} runs; {BODY_SIZE}-byte random bodies. Each mqstore run is paired "
+        "with a run of the raw sqlite3 reference of the same durability just before it; the "
+        "ratio is the median of the pairwise ratios (consume+ack is compared with NORMAL: "
+        "acks commit with synchronous=NORMAL).",
         "",
         table(results),
         "",
@@ -433,9 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in machine(args.dir):
         print(f"{key}: {value}", file=sys.stderr)
     results = []
+    references: dict[str, Result] = {}
     for case in cases():
         print(f"… {case.label}", file=sys.stderr, flush=True)
-        results.append(measure(case, args.dir, args.quick))
+        reference = references.get(case.reference) if case.reference else None
+        results.append(measure(case, args.dir, args.quick, reference))
+        if case.provides:
+            references[case.provides] = results[-1]
         print(f"  {fmt_rate(results[-1].median)} msgs/s", file=sys.stderr, flush=True)
     text = report(results, args.dir, args.quick)
     (RESULTS / "core.md").write_text(text, encoding="utf-8")
