@@ -226,6 +226,12 @@ REQUEUE_EXPIRED = (
     "lease_expires_at_ms = NULL WHERE lease_token IS NOT NULL AND lease_expires_at_ms <= ? "
     + _RETURNING_OVER_LIMIT
 )
+# Whether any lease is past its deadline: an index probe, so a lease or an upkeep round pays
+# for REQUEUE_EXPIRED (an UPDATE .. RETURNING, several times dearer) only when one is.
+ANY_LEASE_EXPIRED = (
+    "SELECT 1 FROM mq_entries INDEXED BY ix_mq_entries_lease_expiry "
+    "WHERE lease_token IS NOT NULL AND lease_expires_at_ms <= ? LIMIT 1"
+)
 # A live owner extends its leases, unless a delivery has outlived the consumer timeout.
 RENEW_OWNER = (
     "UPDATE mq_entries SET lease_expires_at_ms = ? + coalesce("
@@ -316,6 +322,11 @@ PROMOTE_DUE = (
     "WHERE deliver_at_ms IS NOT NULL AND deliver_at_ms <= ? ORDER BY deliver_at_ms LIMIT ?) "
     "RETURNING queue_id, size IS NOT NULL"
 )
+# Whether any scheduled entry is due (the probe before PROMOTE_DUE, as ANY_LEASE_EXPIRED).
+ANY_DUE = (
+    "SELECT 1 FROM mq_entries INDEXED BY ix_mq_entries_scheduled "
+    "WHERE deliver_at_ms IS NOT NULL AND deliver_at_ms <= ? LIMIT 1"
+)
 # When the next scheduled entry is due (the index's first row), or NULL.
 NEXT_DUE = (
     "SELECT min(deliver_at_ms) FROM mq_entries INDEXED BY ix_mq_entries_scheduled "
@@ -330,8 +341,9 @@ INSERT_CONSUMER_PRIORITY = (
 # x-single-active-consumer: the queue's oldest consumer is the active one.
 SELECT_ACTIVE_CONSUMER = "SELECT id FROM mq_consumers WHERE queue_id = ? ORDER BY id LIMIT 1"
 # The highest priority among the queue's other consumers with capacity (ix_mq_consumers_*).
-SELECT_TOP_PRIORITY = (
-    "SELECT max(priority) FROM mq_consumers WHERE queue_id = ? AND NOT blocked "
-    "AND id NOT IN (SELECT value FROM json_each(?))"
+# A consumer of the queue with room (not blocked) and a higher priority than ours: the
+# asking channel's own consumers never match (their priority is at most the one asked).
+HIGHER_PRIORITY_CONSUMER = (
+    "SELECT 1 FROM mq_consumers WHERE queue_id = ? AND NOT blocked AND priority > ? LIMIT 1"
 )
 SET_CONSUMER_BLOCKED = "UPDATE mq_consumers SET blocked = ? WHERE id = ? RETURNING queue_id"

@@ -695,6 +695,8 @@ def promote_due(tx: Txn) -> int:
     """Make delayed entries that are due deliverable (ix_mq_entries_scheduled: nothing is
     read when nothing is due), up to EXPIRY_BATCH; wake their consumers; bring a drop-head
     queue a promotion overfilled back within its length limit."""
+    if tx.conn.execute(sql.ANY_DUE, (tx.wall_ms,)).fetchone() is None:
+        return 0
     rows = tx.conn.execute(sql.PROMOTE_DUE, (tx.wall_ms, EXPIRY_BATCH)).fetchall()
     limited: set[int] = set()
     for queue_id, counted in rows:
@@ -975,10 +977,8 @@ def _allowed_consumers(
     if queue["arguments"].get("x-single-active-consumer") is True:
         row = tx.conn.execute(sql.SELECT_ACTIVE_CONSUMER, (queue["id"],)).fetchone()
         return {row[0]} & {cid for cid, _, _ in consumers} if row else set()
-    ids = json.dumps([cid for cid, _, _ in consumers])
-    others = tx.conn.execute(sql.SELECT_TOP_PRIORITY, (queue["id"], ids)).fetchone()[0]
     top = max(priority for _, priority, _ in consumers)
-    if others is not None and others > top:
+    if tx.conn.execute(sql.HIGHER_PRIORITY_CONSUMER, (queue["id"], top)).fetchone():
         return set()
     return {cid for cid, priority, _ in consumers if priority == top}
 
@@ -1118,6 +1118,8 @@ def requeue_owner(tx: Txn, session: int) -> int:
 
 
 def requeue_expired(tx: Txn) -> int:
+    if tx.conn.execute(sql.ANY_LEASE_EXPIRED, (tx.now_ms,)).fetchone() is None:
+        return 0
     return _returned(tx, tx.conn.execute(sql.REQUEUE_EXPIRED, (tx.now_ms,)).fetchall())
 
 

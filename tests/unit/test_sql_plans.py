@@ -61,7 +61,9 @@ def plan(conn: sqlite3.Connection, statement: str, params: tuple) -> str:
         (sql.PROMOTE_DUE, (1, 10), "ix_mq_entries_scheduled"),
         (sql.NEXT_DUE, (), "ix_mq_entries_scheduled"),
         (sql.SELECT_ACTIVE_CONSUMER, (1,), "ix_mq_consumers_queue_id"),
-        (sql.SELECT_TOP_PRIORITY, (1, "[1]"), "ix_mq_consumers_queue_id"),
+        (sql.HIGHER_PRIORITY_CONSUMER, (1, 0), "ix_mq_consumers_queue_id"),
+        (sql.ANY_LEASE_EXPIRED, (1,), "ix_mq_entries_lease_expiry"),
+        (sql.ANY_DUE, (1,), "ix_mq_entries_scheduled"),
         (sql.SET_CONSUMER_BLOCKED, (0, 1), "INTEGER PRIMARY KEY"),
     ],
 )
