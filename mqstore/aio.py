@@ -22,7 +22,7 @@ import contextlib
 import functools
 import inspect
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -417,6 +417,27 @@ class AsyncChannel:
                     callback(self, returned.method, returned.properties, returned.body)
                 )
             raise errors.UnroutableError([returned])
+
+    async def basic_publish_batch(
+        self,
+        exchange: str,
+        routing_key: str,
+        bodies: Iterable[bytes | str],
+        properties: BasicProperties | None = None,
+        mandatory: bool = False,
+    ) -> None:
+        """As blocking ``basic_publish_batch``: every body in one store transaction and one
+        fsync, all or nothing; UnroutableError for mandatory ones no queue took."""
+        returned = await self._run(
+            self._state.basic_publish_batch(exchange, routing_key, bodies, properties, mandatory)
+        )
+        if returned:
+            for message in returned:
+                for callback in self._return_callbacks:
+                    await _maybe_await(
+                        callback(self, message.method, message.properties, message.body)
+                    )
+            raise errors.UnroutableError(returned)
 
     def add_on_return_callback(self, callback: Callable[..., Any]) -> None:
         self._return_callbacks.append(callback)

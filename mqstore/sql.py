@@ -4,6 +4,8 @@ Hot statements (publish, lease, ack) are single statements over the indexes name
 comments; tests/unit/test_sql_plans.py checks those plans with EXPLAIN QUERY PLAN.
 """
 
+import functools
+
 # --- exchanges ----------------------------------------------------------------------------
 SELECT_EXCHANGE = (
     "SELECT name, type, durable, auto_delete, internal, arguments FROM mq_exchanges WHERE name = ?"
@@ -149,6 +151,23 @@ PUBLISH_DEFAULT_PLAIN = (
     "?3, ?4, ?5, ?6 FROM mq_queues WHERE name = ?1 AND message_ttl_ms IS NULL "
     "AND max_length IS NULL AND max_length_bytes IS NULL AND dedup_window_ms IS NULL"
 )
+# ``rows`` messages with one queue, priority, exchange, routing key, properties and
+# publish time, inline, in one statement (basic_publish_batch): the shared values are bound
+# once (?1-?7) and each body once, where executemany would bind all twelve columns per row
+# (Python's sqlite3 binds ~0.5 us per value: 3.5 us a row here against 10.8 us). Built for
+# a few sizes only (powers of two), so the statement cache holds every shape.
+INLINE_BATCH_SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+@functools.lru_cache(maxsize=len(INLINE_BATCH_SIZES))
+def insert_inline_batch(rows: int) -> str:
+    values = ", ".join(f"(?1, ?2, ?3, ?4, ?5, ?{8 + i}, ?6, ?7)" for i in range(rows))
+    return (
+        "INSERT INTO mq_entries (queue_id, priority, exchange, routing_key, properties, body, "
+        f"published_at_ms, amqp_properties) VALUES {values}"
+    )
+
+
 # An entry's message, inline or shared: for an inline entry the mq_messages columns are NULL
 # (no row joins), for a shared one the entry's own are; coalesce picks whichever is set.
 _MESSAGE_COLUMNS = (

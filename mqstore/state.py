@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
-from collections.abc import Collection, Generator, Mapping
+from collections.abc import Collection, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,14 +298,103 @@ class ChannelState:
         ``amqp_properties``: the AMQP server's raw property bytes, stored for delivery.
         ``delay`` (seconds) or an ``x-delay`` header (ms): deliverable only then."""
         self.check_open()
-        data = core.coerce_body(body)
-        xname = core.check_name("exchange", exchange, allow_reserved=True)
-        key = core.check_routing_key(routing_key)
+        call, xname, key, data = self._publish_call(
+            exchange, routing_key, body, properties, amqp_properties, delay
+        )
+        if self.tx is not None:
+            # An open transaction (mqstore.txn): the same store call, made at tx_commit.
+            self.tx.publish((call.args, call.kwargs), xname, key, properties, data, mandatory)
+            return None
+        routed = yield call
+        if isinstance(routed, store.Refused):
+            queues = ", ".join(core.queue_desc(q) for q in routed.queues)
+            also = f"; stored in {routed.routed} other queue(s)" if routed.routed else ""
+            refused = ReturnedMessage(
+                Return(0, "REJECT_PUBLISH", xname, key), properties or BasicProperties(), data
+            )
+            raise errors.NackError(
+                [refused],
+                f"publish refused: {queues} is full (x-overflow reject-publish){also}",
+            )
+        if routed or not mandatory:
+            return None
+        method = Return(312, "NO_ROUTE", xname, key)
+        return ReturnedMessage(method, properties or BasicProperties(), data)
+
+    def basic_publish_batch(
+        self,
+        exchange: str,
+        routing_key: str,
+        bodies: Iterable[Any],
+        properties: BasicProperties | None = None,
+        mandatory: bool = False,
+    ) -> Steps:
+        """Store every body in ``bodies`` with one exchange, routing key and properties, in
+        one store transaction (one fsync): all of them, or none when a full queue refuses
+        one (x-overflow reject-publish). Returns the mandatory ones no queue took. Inside an
+        open channel transaction they join it instead."""
+        self.check_open()
+        datas = [core.coerce_body(body) for body in bodies]
+        if not datas:
+            return []
+        call, xname, key, _ = self._publish_call(
+            exchange, routing_key, datas[0], properties, None, None
+        )
+        for data in datas:
+            self._check_size(data)
+        if self.tx is not None:
+            for data in datas:
+                args = (*call.args[:2], data, *call.args[3:])
+                self.tx.publish((args, call.kwargs), xname, key, properties, data, mandatory)
+            return []
+        _, _, _, encoded, priority, headers = call.args
+        try:
+            routed = yield Call(
+                txn.publish_batch,
+                (xname, key, datas, encoded, priority, headers, call.kwargs),
+                sync=self._durable_sync,
+            )
+        except txn.TxRefused as exc:
+            queues = ", ".join(core.queue_desc(q) for q in exc.refused.queues)
+            refused = ReturnedMessage(
+                Return(0, "REJECT_PUBLISH", xname, key),
+                properties or BasicProperties(),
+                datas[exc.index],
+            )
+            raise errors.NackError(
+                [refused],
+                f"publish refused: {queues} is full (x-overflow reject-publish); none of "
+                f"the batch's {len(datas)} messages was stored",
+            ) from None
+        if not mandatory:
+            return []
+        method = Return(312, "NO_ROUTE", xname, key)
+        message = properties or BasicProperties()
+        pairs = zip(datas, routed, strict=True)
+        return [ReturnedMessage(method, message, data) for data, n in pairs if not n]
+
+    def _check_size(self, data: bytes) -> None:
         if len(data) > self.settings.max_message_size:
             raise errors.MessageTooLargeError(
                 f"PRECONDITION_FAILED - message size {len(data)} is larger than configured "
                 f"max size {self.settings.max_message_size}"
             )
+
+    def _publish_call(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Any,
+        properties: BasicProperties | None,
+        amqp_properties: bytes | None,
+        delay: Any,
+    ) -> tuple[Call, str, str, bytes]:
+        """Validate one publish: the store call that stores it, with the checked exchange
+        name, routing key and body."""
+        data = core.coerce_body(body)
+        xname = core.check_name("exchange", exchange, allow_reserved=True)
+        key = core.check_routing_key(routing_key)
+        self._check_size(data)
         fields = properties.fields() if properties is not None else {}
         if fields.get("reply_to") == REPLY_TO:
             if self.reply_queue is None or not any(
@@ -334,25 +423,7 @@ class ChannelState:
             extra,
             sync=self._durable_sync,
         )
-        if self.tx is not None:
-            # An open transaction (mqstore.txn): the same store call, made at tx_commit.
-            self.tx.publish((call.args, extra), xname, key, properties, data, mandatory)
-            return None
-        routed = yield call
-        if isinstance(routed, store.Refused):
-            queues = ", ".join(core.queue_desc(q) for q in routed.queues)
-            also = f"; stored in {routed.routed} other queue(s)" if routed.routed else ""
-            refused = ReturnedMessage(
-                Return(0, "REJECT_PUBLISH", xname, key), properties or BasicProperties(), data
-            )
-            raise errors.NackError(
-                [refused],
-                f"publish refused: {queues} is full (x-overflow reject-publish){also}",
-            )
-        if routed or not mandatory:
-            return None
-        method = Return(312, "NO_ROUTE", xname, key)
-        return ReturnedMessage(method, properties or BasicProperties(), data)
+        return call, xname, key, data
 
     # --- consuming ------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ itself, in order, so there is one routing and storing path.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -151,11 +152,7 @@ def publish_many(tx: store.Txn, publishes: Sequence[PublishCall]) -> list[Any]:
     so queue order is publish order."""
     if not publishes:
         return []
-    if tx.low_disk:
-        raise errors.StoreFullError(
-            "free disk space is below the limit: publish refused (not stored); acks and "
-            "deletes still work so consumers can drain"
-        )
+    _refuse_when_disk_low(tx)
     conn = tx.conn
     # (exchange, routing key) -> (targets, plain): plain when no target has a TTL or a
     # length limit (otherwise such publishes take the full path)
@@ -239,3 +236,61 @@ def publish_many(tx: store.Txn, publishes: Sequence[PublishCall]) -> list[Any]:
 def _priority(priority: int, max_priority: int | None) -> int:
     """A message's priority in a queue: capped at its x-max-priority; 0 without one."""
     return min(priority, max_priority) if max_priority else 0
+
+
+def publish_batch(
+    tx: store.Txn,
+    exchange: str,
+    routing_key: str,
+    bodies: Sequence[bytes],
+    properties: str | None,
+    priority: int,
+    headers: Any,
+    extra: dict[str, Any],
+) -> list[Any]:
+    """The store side of basic_publish_batch: many bodies with one exchange, routing key
+    and properties, routed once. The common case (one queue without TTL or length limit;
+    no headers, delay or message id) is one executemany; anything else is publish_many's.
+    Raises TxRefused (so nothing is stored) when a full queue refuses one."""
+    _refuse_when_disk_low(tx)
+    if not headers and _BATCHABLE_EXTRA.issuperset(extra):
+        targets = store._route(tx, exchange, routing_key, None)
+        if not targets:
+            tx.conn.execute(sql.INCREMENT_COUNTER, ("unroutable", len(bodies)))
+            return [0] * len(bodies)
+        if len(targets) == 1:
+            ((queue_id, (max_priority, ttl, max_len, max_bytes)),) = targets.items()
+            if ttl is None and max_len is None and max_bytes is None:
+                shared = (queue_id, _priority(priority, max_priority), exchange, routing_key)
+                shared += (properties, tx.wall_ms, extra.get("amqp_properties"))
+                _insert_inline_batch(tx.conn, shared, bodies)
+                tx.touched.add(queue_id)
+                return [1] * len(bodies)
+    args = (exchange, routing_key)
+    results = publish_many(
+        tx, [((*args, body, properties, priority, headers), extra) for body in bodies]
+    )
+    for index, result in enumerate(results):
+        if isinstance(result, store.Refused):
+            raise TxRefused(index, result)
+    return results
+
+
+def _insert_inline_batch(
+    conn: sqlite3.Connection, shared: tuple[Any, ...], bodies: Sequence[bytes]
+) -> None:
+    """Insert ``bodies`` in order, sharing every other column (sql.insert_inline_batch),
+    in chunks of the statement's sizes."""
+    start = 0
+    for size in sql.INLINE_BATCH_SIZES:
+        while len(bodies) - start >= size:
+            conn.execute(sql.insert_inline_batch(size), (*shared, *bodies[start : start + size]))
+            start += size
+
+
+def _refuse_when_disk_low(tx: store.Txn) -> None:
+    if tx.low_disk:
+        raise errors.StoreFullError(
+            "free disk space is below the limit: publish refused (not stored); acks and "
+            "deletes still work so consumers can drain"
+        )
