@@ -221,6 +221,13 @@ LEASE_ENTRIES = (
 DELETE_ENTRIES = "DELETE FROM mq_entries WHERE id IN (SELECT value FROM json_each(?))"
 # Ack: only the holder of the current lease token may delete (fencing), by primary key.
 ACK_ENTRY = "DELETE FROM mq_entries WHERE id = ? AND lease_token = ?"
+# Many acks in one statement: [[entry, token], ...] as JSON; returns the entries deleted,
+# so the pairs missing from the answer are the lost leases (looked at one by one).
+ACK_ENTRIES = (
+    "DELETE FROM mq_entries WHERE id IN (SELECT e.id FROM json_each(?) j "
+    "JOIN mq_entries e ON e.id = json_extract(j.value, '$[0]') "
+    "AND e.lease_token = json_extract(j.value, '$[1]')) RETURNING id"
+)
 ENTRY_EXISTS = "SELECT 1 FROM mq_entries WHERE id = ?"
 # Requeue: clear the lease, keep the id so the message keeps its place in the queue. Every
 # requeue returns (queue, entry, over its queue's x-delivery-limit? (a NULL limit is never

@@ -1049,8 +1049,16 @@ def ack(
     With ``missing_ok`` (an ack of a lease known to be still valid), an entry that is gone
     altogether went with its deleted queue: that is accepted, as RabbitMQ does; only an entry
     now leased under another token is a lost lease."""
+    pairs = list(leases)
+    if len(pairs) > 1:
+        # One statement for all of them (a consumer acks a prefetch window at a time).
+        rows = tx.conn.execute(sql.ACK_ENTRIES, (json.dumps(pairs),)).fetchall()
+        if len(rows) == len(pairs):
+            return []
+        deleted = {row[0] for row in rows}
+        pairs = [pair for pair in pairs if pair[0] not in deleted]
     stale = []
-    for pair in leases:
+    for pair in pairs:
         if tx.conn.execute(sql.ACK_ENTRY, pair).rowcount != 1:
             if missing_ok and tx.conn.execute(sql.ENTRY_EXISTS, (pair[0],)).fetchone() is None:
                 continue

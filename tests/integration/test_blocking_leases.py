@@ -80,6 +80,32 @@ def test_late_ack_after_lease_loss_is_refused_and_spares_the_new_delivery(
     assert watcher.basic_get("q") == (None, None, None)
 
 
+def test_multiple_ack_with_one_lost_lease_names_it_and_spares_its_new_delivery(
+    blocking_connect, fake_clock
+):
+    """An ack of many deliveries is one statement; the one whose lease was lost (now leased
+    elsewhere) is refused by name and its new holder keeps it; the others are acked."""
+    a = blocking_connect(clock=fake_clock).channel()
+    b = blocking_connect(clock=fake_clock).channel()
+    a.queue_declare("q", arguments={"x-visibility-timeout": 1000})
+    a.basic_publish_batch("", "q", [b"0", b"1", b"2"])
+    first, _, _ = a.basic_get("q")
+    fake_clock.advance(2000)  # first's lease expires ...
+    taken, _, body = b.basic_get("q")  # ... and b holds it now
+    assert body == b"0"
+    rest = [a.basic_get("q")[0] for _ in range(2)]
+
+    with pytest.raises(mqstore.LeaseLostError) as info:
+        a.basic_ack(rest[-1].delivery_tag, multiple=True)
+    assert f"delivery tag {first.delivery_tag} lease lost" in info.value.reply_text
+
+    watcher = blocking_connect(clock=fake_clock).channel()
+    assert watcher.basic_get("q") == (None, None, None)  # 1 and 2 acked, 0 held by b
+    b.basic_ack(taken.delivery_tag)
+    fake_clock.advance(5000)
+    assert watcher.basic_get("q") == (None, None, None)
+
+
 @pytest.mark.parametrize(
     "settle",
     [

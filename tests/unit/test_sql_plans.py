@@ -44,6 +44,7 @@ def plan(conn: sqlite3.Connection, statement: str, params: tuple) -> str:
         (sql.ROUTE_EXCHANGES, ("x",), "sqlite_autoindex_mq_exchange_bindings_1"),
         (sql.LEASE_ENTRIES, (1, 1, 0, 0, "[1]"), "INTEGER PRIMARY KEY"),
         (sql.DELETE_ENTRIES, ("[1]",), "INTEGER PRIMARY KEY"),
+        (sql.ACK_ENTRIES, ("[[1, 2]]",), "INTEGER PRIMARY KEY"),
         # Queue features (docs/queue-features.md).
         (sql.INSERT_ENTRY_INLINE, (1, 1, 0, 5, None, None, "", "q", None, b"x", 0, None), ""),
         (sql.INSERT_ENTRY_SHARED, (1, 1, 0, 5, None, None, 7), ""),
