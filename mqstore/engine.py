@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import errors, notify, sql, store, wal
+from . import errors, notify, sql, store, txn, wal
 from .types import Clock, SystemClock, boot_id
 
 log = logging.getLogger(__name__)
@@ -489,11 +489,32 @@ class Engine:
 
     @staticmethod
     def _run_all(tx: store.Txn, batch: list[_Op]) -> bool:
-        """Run every operation; False (stopping early) as soon as one is refused."""
-        for op in batch:
+        """Run every operation; False (stopping early) as soon as one is refused.
+        Consecutive publishes run as one ``txn.publish_many`` (their inline entries in one
+        statement); if that raises, the batch is replayed one operation at a time, which
+        tells which publish was refused."""
+        i, n = 0, len(batch)
+        while i < n:
+            j = i
+            while j < n and batch[j].fn is store.publish:
+                j += 1
+            if j - i > 1:
+                group = batch[i:j]
+                try:
+                    results = txn.publish_many(tx, [(op.args, op.kwargs) for op in group])
+                except sqlite3.Error:
+                    raise
+                except Exception:
+                    return False
+                for op, result in zip(group, results, strict=True):
+                    op.result = result
+                i = j
+                continue
+            op = batch[i]
             op.result = _call(tx, op)
             if op.error is not None:
                 return False
+            i += 1
         return True
 
     def _begin(self) -> None:

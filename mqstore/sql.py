@@ -168,6 +168,21 @@ def insert_inline_batch(rows: int) -> str:
     )
 
 
+# ``rows`` whole inline entries in one statement (publish_many: the publishes of a group
+# commit or a transaction), eight values each: one step, where executemany steps (and
+# releases the GIL to every waiting thread) once per row.
+INLINE_ROW_COLUMNS = (
+    "queue_id, priority, exchange, routing_key, properties, body, published_at_ms, "
+    "amqp_properties"
+)
+
+
+@functools.lru_cache(maxsize=len(INLINE_BATCH_SIZES))
+def insert_inline_rows(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO mq_entries ({INLINE_ROW_COLUMNS}) VALUES {values}"
+
+
 # An entry's message, inline or shared: for an inline entry the mq_messages columns are NULL
 # (no row joins), for a shared one the entry's own are; coalesce picks whichever is set.
 _MESSAGE_COLUMNS = (

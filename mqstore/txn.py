@@ -164,7 +164,7 @@ def publish_many(tx: store.Txn, publishes: Sequence[PublishCall]) -> list[Any]:
 
     def flush() -> None:
         if inline:
-            conn.executemany(sql.INSERT_ENTRY_INLINE, inline)
+            _insert_inline_rows(conn, inline)
             inline.clear()
         if not shared:
             return
@@ -217,9 +217,7 @@ def publish_many(tx: store.Txn, publishes: Sequence[PublishCall]) -> list[Any]:
             if shared:
                 flush()
             ((queue_id, target),) = targets.items()
-            inline.append(
-                (queue_id, _priority(priority, target[0]), None, None, None, None, *message)
-            )
+            inline.append((queue_id, _priority(priority, target[0]), *message))
         else:
             if inline:
                 flush()
@@ -285,6 +283,17 @@ def _insert_inline_batch(
     for size in sql.INLINE_BATCH_SIZES:
         while len(bodies) - start >= size:
             conn.execute(sql.insert_inline_batch(size), (*shared, *bodies[start : start + size]))
+            start += size
+
+
+def _insert_inline_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert whole inline entries (sql.INLINE_ROW_COLUMNS) in order, in chunks of the
+    statement's sizes."""
+    start = 0
+    for size in sql.INLINE_BATCH_SIZES:
+        while len(rows) - start >= size:
+            params = [value for row in rows[start : start + size] for value in row]
+            conn.execute(sql.insert_inline_rows(size), params)
             start += size
 
 
