@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import SchemaVersionError, StoreBusyError
 
-HEAD = "0007"
+HEAD = "0008"
 VERSION_TABLE = "mq_schema_version"
 
 #: The alembic environment shipped inside the package (works from an installed wheel).

@@ -172,8 +172,7 @@ def insert_inline_batch(rows: int) -> str:
 # commit or a transaction), eight values each: one step, where executemany steps (and
 # releases the GIL to every waiting thread) once per row.
 INLINE_ROW_COLUMNS = (
-    "queue_id, priority, exchange, routing_key, properties, body, published_at_ms, "
-    "amqp_properties"
+    "queue_id, priority, exchange, routing_key, properties, body, published_at_ms, amqp_properties"
 )
 
 
@@ -195,6 +194,10 @@ _JOIN_MESSAGE = "LEFT JOIN mq_messages m ON m.id = e.message_id"
 # Ready messages and bytes of a limited queue, kept by triggers (primary key): x-max-length
 # counts ready messages only, as RabbitMQ does.
 SELECT_READY_COUNTS = "SELECT ready_count, ready_bytes FROM mq_queues WHERE id = ?"
+# A ready entry of ``size`` bytes was inserted into a limited queue (store.insert_message).
+COUNT_READY_ENTRY = (
+    "UPDATE mq_queues SET ready_count = ready_count + 1, ready_bytes = ready_bytes + ? WHERE id = ?"
+)
 # The head of a queue, in delivery order, with sizes (drop-head; ix_mq_entries_ready).
 SELECT_HEAD = (
     "SELECT id, size FROM mq_entries INDEXED BY ix_mq_entries_ready "

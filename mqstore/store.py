@@ -602,11 +602,17 @@ def insert_message(
             sql.INSERT_ENTRY_INLINE,
             (*rows[0], exchange, routing_key, properties, body, tx.wall_ms, amqp_properties),
         )
-        return
-    message_id = tx.conn.execute(
-        sql.INSERT_MESSAGE, (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties)
-    ).lastrowid
-    tx.conn.executemany(sql.INSERT_ENTRY_SHARED, [(*row, message_id) for row in rows])
+    else:
+        message_id = tx.conn.execute(
+            sql.INSERT_MESSAGE,
+            (exchange, routing_key, properties, body, tx.wall_ms, amqp_properties),
+        ).lastrowid
+        tx.conn.executemany(sql.INSERT_ENTRY_SHARED, [(*row, message_id) for row in rows])
+    # Ready entries of length-limited queues (a size) count toward their limits: here, the
+    # one place that inserts them; the mq_entries_count_* triggers follow them afterwards.
+    for queue_id, _, _, size, lease_token, _ in rows:
+        if size is not None and lease_token is None:
+            tx.conn.execute(sql.COUNT_READY_ENTRY, (size, queue_id))
 
 
 def _store(

@@ -114,6 +114,11 @@ def test_migrations_equal_create_all(tmp_path: Path) -> None:
         "CREATE INDEX ix_mq_entries_ready ON mq_entries (queue_id, lease_token, priority DESC, id)"
     )
     assert "ix_mq_entries_queue_id" not in by_name
+    # Sized entries are counted in by store.insert_message (0008), not by an INSERT trigger.
+    assert "mq_entries_count_insert" not in by_name
+    assert (
+        by_name["mq_entries_count_delete"][0] == by_name["mq_entries_count_lease"][0] == "trigger"
+    )
     assert (by_name["ix_mq_entries_message_id"][1] or "").endswith("WHERE message_id IS NOT NULL")
     for name in ("ix_mq_entries_lease_expiry", "ix_mq_entries_lease_owner"):
         assert (by_name[name][1] or "").endswith("WHERE lease_token IS NOT NULL")
