@@ -700,13 +700,14 @@ def w2(peer: Peer, workdir: str, n: int) -> Sample:
         h.close()
 
 
-def w3(peer: Peer, workdir: str, n: int) -> Sample:
+def w3(peer: Peer, workdir: str, n: int, put: str = "put_batch") -> Sample:
     h = peer.open(workdir)
     try:
         data = bodies(n)
+        publish = getattr(h, put)
         start = time.perf_counter()
         for k in range(0, n, BATCH):
-            h.put_batch(data[k : k + BATCH])
+            publish(data[k : k + BATCH])
         return Sample(rate=n / (time.perf_counter() - start))
     finally:
         h.close()
@@ -714,15 +715,7 @@ def w3(peer: Peer, workdir: str, n: int) -> Sample:
 
 def w3_transaction(peer: Peer, workdir: str, n: int) -> Sample:
     """mqstore's W3 through the per-message API: 100 basic_publish in one transaction."""
-    h = peer.open(workdir)
-    try:
-        data = bodies(n)
-        start = time.perf_counter()
-        for k in range(0, n, BATCH):
-            h.put_transaction(data[k : k + BATCH])
-        return Sample(rate=n / (time.perf_counter() - start))
-    finally:
-        h.close()
+    return w3(peer, workdir, n, put="put_transaction")
 
 
 def w6(peer: Peer, workdir: str, n: int) -> Sample:

@@ -14,10 +14,10 @@ Sections:
 - **depth**: publish and consume rates with 0, 1,000,000 and (not with ``--quick``)
   10,000,000 messages already in the queue. The deep queue is built by a *bulk insert into the
   schema*: with the broker closed, a plain sqlite3 connection (synchronous=OFF) runs
-  ``INSERT INTO mq_messages .. SELECT .. FROM`` a recursive CTE (``randomblob(256)`` bodies)
-  and ``INSERT INTO mq_entries .. SELECT`` the new message ids, 1,000,000 rows per
-  transaction: the same rows mqstore's publish path writes (sql.INSERT_MESSAGE /
-  sql.INSERT_ENTRY), at SQLite speed. Each depth is then measured in a fresh child process
+  ``INSERT INTO mq_entries .. SELECT .. FROM`` a recursive CTE (``randomblob(256)`` bodies),
+  1,000,000 rows per transaction: the same rows mqstore's publish path writes for a message
+  routed to one queue (the message inline in its entry, sql.PUBLISH_DEFAULT_PLAIN), at
+  SQLite speed. Each depth is then measured in a fresh child process
   (so its memory is the broker's alone): time to open the file, sequential blocking publish
   (durability "normal", so fsync noise does not hide index costs; "full" is shown too),
   consume+ack with prefetch 100 from the head of the queue, and the process's VmRSS/VmHWM
@@ -124,18 +124,12 @@ def bulk_fill(path: str, queue: str, count: int) -> float:
         while done < count:
             k = min(BULK_TXN, count - done)
             db.execute("BEGIN IMMEDIATE")
-            first = db.execute("SELECT coalesce(max(id), 0) FROM mq_messages").fetchone()[0]
             db.execute(
                 "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) "
-                "INSERT INTO mq_messages (exchange, routing_key, properties, body, "
-                "published_at_ms, amqp_properties) "
-                "SELECT '', ?, NULL, randomblob(256), ?, NULL FROM c",
-                (k, queue, now),
-            )
-            db.execute(
-                "INSERT INTO mq_entries (queue_id, message_id, priority) "
-                "SELECT ?, id, 0 FROM mq_messages WHERE id > ? ORDER BY id",
-                (queue_id, first),
+                "INSERT INTO mq_entries (queue_id, priority, exchange, routing_key, properties, "
+                "body, published_at_ms, amqp_properties) "
+                "SELECT ?, 0, '', ?, NULL, randomblob(256), ?, NULL FROM c",
+                (k, queue_id, queue, now),
             )
             db.execute("COMMIT")
             done += k

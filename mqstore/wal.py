@@ -138,7 +138,12 @@ class Checkpointer:
             return 0
         pages = min(free, VACUUM_PAGES_PER_TICK)
         # Each step of the statement frees one page: executescript steps it to the end.
-        conn.executescript(f"PRAGMA incremental_vacuum({pages});")
+        try:
+            conn.executescript(f"PRAGMA incremental_vacuum({pages});")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
+                return 0  # another process is writing: the next round frees them
+            raise
         return int(pages)
 
     def close(self) -> None:
