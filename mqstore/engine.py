@@ -2,10 +2,13 @@
 
 Group commit: every operation (publish, lease, ack, declare ...) is queued; whichever caller
 finds no commit in progress becomes the leader, runs every queued operation in one
-BEGIN IMMEDIATE transaction (each behind a SAVEPOINT so one refusal does not undo the
-others) and commits once. Concurrent callers thus share one fsync. A lone blocking caller
-leads its own batch on its own thread (no hand-off); asyncio callers hand their operations to
-a flush thread so the event loop never waits on fsync.
+BEGIN IMMEDIATE transaction and commits once (if one is refused, the batch is rolled back
+and replayed with a SAVEPOINT around each operation, so the refusal undoes only its own
+writes). Consecutive publishes of a batch are stored together (txn.publish_many). Concurrent
+callers thus share one fsync. A lone blocking caller leads its own batch on its own thread;
+other blocking callers wait on their own operation's lock, and a finishing leader hands the
+role to one of them. asyncio callers hand their operations to a flush thread so the event
+loop never waits on fsync.
 
 Durability: a batch that holds a publish or a declare runs with ``synchronous=FULL`` (when
 the connection asked for durability "full"); batches of leases and acks run with NORMAL,
@@ -453,7 +456,7 @@ class Engine:
             raise
 
     def _pass_lead(self) -> None:
-        """Give up the leader role (holding ``_cond``): to the first blocking caller still
+        """Give up the leader role (holding ``_lock``): to the first blocking caller still
         waiting, whose op then leads the next batch, else to the flush thread for posted
         and awaited ops, else to nobody."""
         for op in self._pending:
@@ -467,7 +470,7 @@ class Engine:
             self._cond.notify_all()
 
     def _wait_until_no_leader(self) -> None:
-        """Holding ``_cond``: wait until no thread leads."""
+        """Holding ``_lock`` (``_cond``'s lock): wait until no thread leads."""
         self._idle_waiters += 1
         try:
             while self._leader:
