@@ -150,3 +150,29 @@ async def test_asyncio_batch(db_path: str) -> None:
             await channel.basic_publish_batch("", "missing", [b"x"], mandatory=True)
     finally:
         await connection.close()
+
+
+def test_transaction_of_many_single_queue_publishes_keeps_order(channel) -> None:
+    """publish_many stores a run of plain publishes in multi-row chunks (128, 64, ... 1)."""
+    channel.queue_declare("q")
+    bodies = [f"m{i}".encode() for i in range(203)]
+    with channel.transaction():
+        for body in bodies:
+            channel.basic_publish("", "q", body)
+    assert drain(channel, "q") == bodies
+
+
+def test_transaction_mixing_single_queue_and_fanout_publishes_keeps_order(channel) -> None:
+    """Inline (one queue) and shared (several queues) messages in one run: queue order is
+    publish order."""
+    channel.exchange_declare("fan", "fanout")
+    for name in ("q", "other"):
+        channel.queue_declare(name)
+        channel.queue_bind(name, "fan")
+    with channel.transaction():
+        channel.basic_publish("", "q", b"1")
+        channel.basic_publish("fan", "", b"2")
+        channel.basic_publish("", "q", b"3")
+        channel.basic_publish("fan", "", b"4")
+    assert drain(channel, "q") == [b"1", b"2", b"3", b"4"]
+    assert drain(channel, "other") == [b"2", b"4"]
