@@ -44,7 +44,7 @@ IDLE = (
     "EpollSelector.select",
     "_worker (concurrent",
     "Engine.run (mqstore/engine.py",
-    "_Wake.wait",
+    "Wake.wait",
     "join (",
     "WakeListener._loop",
     "Thread._wait_for_tstate_lock",

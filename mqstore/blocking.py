@@ -15,7 +15,6 @@ import collections
 import contextlib
 import heapq
 import itertools
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -66,33 +65,6 @@ class ConnectionParameters:
 URLParameters = ConnectionParameters
 
 
-class _Wake:
-    """threading.Event's set/clear/wait for one waiting thread, on a bare lock: ``set``
-    from another thread wakes the waiter with one futex hand-off instead of Event's two
-    (its condition's lock, then the waiter's), ~20 us sooner on a virtual machine."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()  # held: not set
-
-    def set(self) -> None:
-        try:
-            self._lock.release()
-        except RuntimeError:
-            pass  # already set
-
-    def clear(self) -> None:
-        self._lock.acquire(blocking=False)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            return False
-        self.set()  # stays set until cleared, as an Event (a racing set() did it already)
-        return True
-
-
 class BlockingConnection:
     """A connection to the broker in ``parameters.path`` (pika's BlockingConnection)."""
 
@@ -111,7 +83,7 @@ class BlockingConnection:
             raise
         self._channels: dict[int, BlockingChannel] = {}
         self._numbers = itertools.count(1)
-        self._wake = _Wake()
+        self._wake = engine.Wake()
         self._callbacks: collections.deque[Callable[[], Any]] = collections.deque()
         self._timers: list[tuple[float, int, Callable[[], Any]]] = []
         self._timer_ids = itertools.count()

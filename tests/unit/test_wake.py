@@ -1,14 +1,15 @@
-"""The blocking connection's wake signal: Event semantics for one waiting thread."""
+"""The engine's wake signal (flush thread, blocking connections): Event semantics for one
+waiting thread."""
 
 from __future__ import annotations
 
 import threading
 
-from mqstore.blocking import _Wake
+from mqstore.engine import Wake
 
 
 def test_wake_is_an_event_for_one_waiter() -> None:
-    wake = _Wake()
+    wake = Wake()
     assert wake.wait(0) is False
     wake.set()
     wake.set()  # setting twice is harmless
@@ -20,7 +21,7 @@ def test_wake_is_an_event_for_one_waiter() -> None:
 
 
 def test_set_from_another_thread_wakes_the_waiter() -> None:
-    wake = _Wake()
+    wake = Wake()
     woke = threading.Event()
 
     def waiter() -> None:
@@ -35,7 +36,7 @@ def test_set_from_another_thread_wakes_the_waiter() -> None:
 
 
 def test_racing_sets_and_waits_never_raise() -> None:
-    wake = _Wake()
+    wake = Wake()
     errors: list[BaseException] = []
     stop = threading.Event()
 
