@@ -383,38 +383,19 @@ class Engine:
         self._check_usable()
         op = _Op(fn, args, kwargs, sync)
         with self._lock:
-            if not self._leader and not self._pending:
-                # Nobody else is committing: run it at once, a batch of one.
+            self._pending.append(op)
+            lead = not self._leader
+            if lead:
                 self._leader = True
-                solo = True
             else:
-                solo = False
-                self._pending.append(op)
-                lead = not self._leader
-                if lead:
-                    self._leader = True
-                else:
-                    op.waiter = threading.Lock()
-                    op.waiter.acquire()
-        if solo:
-            self._lead_solo(op)
-            return op.outcome()
+                op.waiter = threading.Lock()
+                op.waiter.acquire()
         if not lead:
             op.waiter.acquire()  # released by the leader: op done, or ours to lead
             if op.done:
                 return op.outcome()
         self._lead(until=op)
         return op.outcome()
-
-    def _lead_solo(self, op: _Op) -> None:
-        """As :meth:`_lead` for one op taken directly (the lone blocking caller's path)."""
-        try:
-            self._execute([op])
-            if self._checkpoint_due:
-                self._run_due_checkpoint()
-        finally:
-            with self._lock:
-                self._pass_lead()
 
     def run_async(
         self, fn: Callable[..., Any], *args: Any, sync: bool = False, **kwargs: Any
@@ -479,7 +460,7 @@ class Engine:
                         self._pass_lead()
                         return
         except BaseException:
-            with self._cond:
+            with self._lock:
                 self._pass_lead()
             raise
 
@@ -497,11 +478,12 @@ class Engine:
         if self._idle_waiters:
             self._cond.notify_all()
 
-    def _wait_until_no_leader(self) -> None:
-        """Holding ``_lock`` (``_cond``'s lock): wait until no thread leads."""
+    def _wait_while(self, busy: Callable[[], bool]) -> None:
+        """Holding ``_lock`` (``_cond``'s lock): wait until ``busy()`` is false; woken
+        whenever the leader role is given up or a due checkpoint ran."""
         self._idle_waiters += 1
         try:
-            while self._leader:
+            while busy():
                 self._cond.wait()
         finally:
             self._idle_waiters -= 1
@@ -512,7 +494,7 @@ class Engine:
             self._kick.clear()
             if self._stop.is_set():
                 return
-            with self._cond:
+            with self._lock:
                 if self._leader or not self._pending:
                     continue  # the leader passes the pending ops on when it is done
                 self._leader = True
@@ -787,21 +769,16 @@ class Engine:
         Runs between batches (never inside a transaction). Under constant load some thread
         always leads a batch and a waiter for the leader role could starve (the WAL then
         grew past 500 MiB within a second): the current leader runs it after its batch."""
-        with self._cond:
+        with self._lock:
             self._checkpoint_due = True
-            self._idle_waiters += 1
-            try:
-                while self._leader and self._checkpoint_due:
-                    self._cond.wait()
-            finally:
-                self._idle_waiters -= 1
+            self._wait_while(lambda: self._leader and self._checkpoint_due)
             if not self._checkpoint_due:
                 return self._checkpoint_result  # the leader ran it
             self._leader = True
         try:
             return self._checkpoint_now()
         finally:
-            with self._cond:
+            with self._lock:
                 self._pass_lead()
 
     def _checkpoint_now(self) -> tuple[int, int, int] | None:
@@ -821,7 +798,7 @@ class Engine:
             self._checkpoint_now()
         except errors.MqstoreError as exc:
             log.warning("mqstore checkpoint failed: %s", exc, extra={"action": "upkeep_failed"})
-        with self._cond:
+        with self._lock:
             if self._idle_waiters:
                 self._cond.notify_all()  # checkpoint() waits for this
 
@@ -881,8 +858,8 @@ class Engine:
         for thread in (self._flusher, self._upkeep, self._watcher):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=5)
-        with self._cond:
-            self._wait_until_no_leader()
+        with self._lock:
+            self._wait_while(lambda: self._leader)
             self._closed = True
         self._conn.close()
         self.checkpointer.close()
