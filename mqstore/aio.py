@@ -160,7 +160,7 @@ class Delivery:
     async def ack(self) -> None:
         channel = self.channel
         if not channel._ack_fresh(self.delivery_tag):
-            await channel.basic_ack(self.delivery_tag)
+            await channel._ack(self.delivery_tag, False)
 
     async def nack(self, requeue: bool = True) -> None:
         await self.channel.basic_nack(self.delivery_tag, requeue=requeue)
@@ -449,8 +449,12 @@ class AsyncChannel:
 
     async def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
         if multiple or not self._ack_fresh(delivery_tag):
-            await self._run(self._state.basic_ack(delivery_tag, multiple))
-            self._room_freed()
+            await self._ack(delivery_tag, multiple)
+
+    async def _ack(self, delivery_tag: int, multiple: bool) -> None:
+        """basic_ack's general path (several tags, a lease not fresh, errors)."""
+        await self._run(self._state.basic_ack(delivery_tag, multiple))
+        self._room_freed()
 
     def _ack_fresh(self, delivery_tag: int) -> bool:
         """Ack one fresh delivery with no generator or coroutine in between (consuming

@@ -32,7 +32,6 @@ from .types import (
     QueueDeleteOk,
     QueuePurgeOk,
     QueueUnbindOk,
-    Return,
     ReturnedMessage,
 )
 
@@ -75,6 +74,23 @@ class Unacked:
     consumer_timeout_ms: int = 0
     leased_at_ms: int = 0
     lease_ms: int = 0
+
+    @classmethod
+    def of(cls, message: LeasedMessage, consumer_tag: str | None) -> Unacked:
+        return cls(
+            message.entry_id,
+            message.token,
+            consumer_tag,
+            message.consumer_timeout_ms,
+            message.leased_at_ms,
+            message.lease_ms,
+        )
+
+    def fresh(self, now_ms: int) -> bool:
+        """Far from any deadline, so the lease cannot have been lost (a live connection
+        renews it): its ack may be committed later."""
+        bound = min(self.lease_ms, self.consumer_timeout_ms or self.lease_ms)
+        return bool(self.lease_ms) and now_ms - self.leased_at_ms < bound // 2
 
 
 @dataclass(slots=True)
@@ -307,19 +323,12 @@ class ChannelState:
             return None
         routed = yield call
         if isinstance(routed, store.Refused):
-            queues = ", ".join(core.queue_desc(q) for q in routed.queues)
             also = f"; stored in {routed.routed} other queue(s)" if routed.routed else ""
-            refused = ReturnedMessage(
-                Return(0, "REJECT_PUBLISH", xname, key), properties or BasicProperties(), data
-            )
-            raise errors.NackError(
-                [refused],
-                f"publish refused: {queues} is full (x-overflow reject-publish){also}",
-            )
+            refused = ReturnedMessage.rejected(xname, key, properties, data)
+            raise _publish_refused(refused, routed.queues, also)
         if routed or not mandatory:
             return None
-        method = Return(312, "NO_ROUTE", xname, key)
-        return ReturnedMessage(method, properties or BasicProperties(), data)
+        return ReturnedMessage.no_route(xname, key, properties, data)
 
     def basic_publish_batch(
         self,
@@ -355,23 +364,13 @@ class ChannelState:
                 sync=self._durable_sync,
             )
         except txn.TxRefused as exc:
-            queues = ", ".join(core.queue_desc(q) for q in exc.refused.queues)
-            refused = ReturnedMessage(
-                Return(0, "REJECT_PUBLISH", xname, key),
-                properties or BasicProperties(),
-                datas[exc.index],
-            )
-            raise errors.NackError(
-                [refused],
-                f"publish refused: {queues} is full (x-overflow reject-publish); none of "
-                f"the batch's {len(datas)} messages was stored",
-            ) from None
+            refused = ReturnedMessage.rejected(xname, key, properties, datas[exc.index])
+            also = f"; none of the batch's {len(datas)} messages was stored"
+            raise _publish_refused(refused, exc.refused.queues, also) from None
         if not mandatory:
             return []
-        method = Return(312, "NO_ROUTE", xname, key)
-        message = properties or BasicProperties()
         pairs = zip(datas, routed, strict=True)
-        return [ReturnedMessage(method, message, data) for data, n in pairs if not n]
+        return [ReturnedMessage.no_route(xname, key, properties, d) for d, n in pairs if not n]
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.settings.max_message_size:
@@ -609,14 +608,7 @@ class ChannelState:
         for message in leased:
             tag = next(tags)
             if track:
-                unacked[tag] = Unacked(
-                    message.entry_id,
-                    message.token,
-                    ctag,
-                    message.consumer_timeout_ms,
-                    message.leased_at_ms,
-                    message.lease_ms,
-                )
+                unacked[tag] = Unacked.of(message, ctag)
             count = message.delivery_count
             method = Deliver(ctag, tag, count > 1, message.exchange, message.routing_key, count)
             out.append((consumer, method, _properties(message), message.body))
@@ -626,14 +618,7 @@ class ChannelState:
     def _track(self, message: LeasedMessage, consumer: Consumer | None, auto_ack: bool) -> int:
         tag = next(self._tags)
         if not auto_ack:
-            self.unacked[tag] = Unacked(
-                message.entry_id,
-                message.token,
-                consumer.tag if consumer else None,
-                message.consumer_timeout_ms,
-                message.leased_at_ms,
-                message.lease_ms,
-            )
+            self.unacked[tag] = Unacked.of(message, consumer.tag if consumer else None)
             if consumer is not None:
                 consumer.unacked += 1
         return tag
@@ -661,27 +646,33 @@ class ChannelState:
         return taken
 
     def _fresh(self, taken: list[tuple[int, Unacked]]) -> bool:
-        """True when every lease is far from any deadline, so it cannot have been lost
-        (a live connection renews it): its ack may then be committed later."""
+        """True when every lease is fresh (Unacked.fresh): their ack may be committed later."""
         if self.now_ms is None:
             return False
         now = self.now_ms()
-        for _, item in taken:
-            bound = min(item.lease_ms, item.consumer_timeout_ms or item.lease_ms)
-            if not item.lease_ms or now - item.leased_at_ms >= bound // 2:
-                return False
-        return True
+        return all(item.fresh(now) for _, item in taken)
 
-    def _deferred_done(self, taken: list[tuple[int, Unacked]]) -> Any:
-        mine = {(u.entry_id, u.token) for _, u in taken}
+    def _deferred_ack(self, taken: list[tuple[int, Unacked]]) -> Call:
+        """The fire-and-forget ack of fresh leases: posted, merged with the channel's other
+        queued acks; a failure is kept for the channel's next operation."""
+        return Call(
+            store.ack,
+            ([(u.entry_id, u.token) for _, u in taken],),
+            _MISSING_OK,
+            post=True,
+            on_done=functools.partial(self._deferred_done, taken),
+            coalesce=("ack", id(self)),
+        )
 
-        def done(stale: Any, error: BaseException | None) -> None:
-            if isinstance(error, errors.MqstoreError):
-                self.deferred_error = error
-            elif stale and mine.intersection(tuple(pair) for pair in stale):
+    def _deferred_done(
+        self, taken: list[tuple[int, Unacked]], stale: Any, error: BaseException | None
+    ) -> None:
+        if isinstance(error, errors.MqstoreError):
+            self.deferred_error = error
+        elif stale:
+            mine = {(u.entry_id, u.token) for _, u in taken}
+            if mine.intersection(tuple(pair) for pair in stale):
                 self.deferred_error = _lease_lost(taken, stale, ack=True)
-
-        return done
 
     def _settle(self, taken: list[tuple[int, Unacked]], *, ack: bool, requeue: bool) -> Steps:
         if not taken:
@@ -689,19 +680,12 @@ class ChannelState:
         if self.tx is not None:
             self.tx.settle(taken, ack=ack, requeue=requeue)  # stored by tx_commit
             return None
-        pairs = [(u.entry_id, u.token) for _, u in taken]
         if ack and self._fresh(taken):
             # Like an AMQP ack: no round trip. Group commits batch many of them; a failure
             # (practically impossible for a fresh lease) is raised by the next operation.
-            yield Call(
-                store.ack,
-                (pairs,),
-                dict(missing_ok=True),
-                post=True,
-                on_done=self._deferred_done(taken),
-                coalesce=("ack", id(self)),
-            )
+            yield self._deferred_ack(taken)
             return None
+        pairs = [(u.entry_id, u.token) for _, u in taken]
         if ack:
             stale = yield Call(store.ack, (pairs,))
         else:
@@ -724,34 +708,13 @@ class ChannelState:
         ):
             return None
         item = self.unacked.get(delivery_tag)
-        if item is None:
-            return None
-        lease_ms = item.lease_ms
-        bound = min(lease_ms, item.consumer_timeout_ms or lease_ms)
-        if not lease_ms or self.now_ms() - item.leased_at_ms >= bound // 2:
-            return None  # not fresh (see _fresh): the ack waits for its commit
+        if item is None or not item.fresh(self.now_ms()):
+            return None  # unknown (406) or not fresh: basic_ack's path
         del self.unacked[delivery_tag]
         consumer = self.consumers.get(item.consumer_tag or "")
         if consumer is not None:
             consumer.unacked -= 1
-        return Call(
-            store.ack,
-            ([(item.entry_id, item.token)],),
-            _MISSING_OK,
-            False,
-            True,
-            functools.partial(self._fresh_ack_done, delivery_tag, item),
-            ("ack", id(self)),
-        )
-
-    def _fresh_ack_done(
-        self, tag: int, item: Unacked, stale: Any, error: BaseException | None
-    ) -> None:
-        """``_deferred_done([(tag, item)])`` for the one ack :meth:`ack_fresh` posts."""
-        if isinstance(error, errors.MqstoreError):
-            self.deferred_error = error
-        elif stale and (item.entry_id, item.token) in {tuple(pair) for pair in stale}:
-            self.deferred_error = _lease_lost([(tag, item)], stale, ack=True)
+        return self._deferred_ack([(delivery_tag, item)])
 
     def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> Steps:
         self.check_open()
@@ -827,15 +790,9 @@ class ChannelState:
         except txn.TxRefused as exc:
             _, xname, key, properties, data, _ = pending.publishes[exc.index]
             pending.restore(self)
-            refused = ReturnedMessage(
-                Return(0, "REJECT_PUBLISH", xname, key), properties or BasicProperties(), data
-            )
-            queues = ", ".join(core.queue_desc(q) for q in exc.refused.queues)
-            raise errors.NackError(
-                [refused],
-                f"publish refused: {queues} is full (x-overflow reject-publish); the "
-                "transaction was rolled back",
-            ) from None
+            refused = ReturnedMessage.rejected(xname, key, properties, data)
+            also = "; the transaction was rolled back"
+            raise _publish_refused(refused, exc.refused.queues, also) from None
         except errors.MqstoreError:
             pending.restore(self)
             raise
@@ -899,6 +856,16 @@ def _properties(message: LeasedMessage) -> BasicProperties:
     properties = BasicProperties.from_fields(fields)
     properties.amqp_encoded = message.amqp_properties
     return properties
+
+
+def _publish_refused(
+    refused: ReturnedMessage, queues: Collection[str], also: str
+) -> errors.NackError:
+    """NackError for a publish a full queue refused (x-overflow reject-publish)."""
+    names = ", ".join(core.queue_desc(q) for q in queues)
+    return errors.NackError(
+        [refused], f"publish refused: {names} is full (x-overflow reject-publish){also}"
+    )
 
 
 def _lease_lost(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import errors, sql, store
-from .types import BasicProperties, Return, ReturnedMessage
+from .types import BasicProperties, ReturnedMessage
 
 if TYPE_CHECKING:
     from .state import ChannelState, Unacked
@@ -114,8 +114,7 @@ class TxBuffer:
             self.publishes, results, strict=True
         ):
             if mandatory and not routed:
-                method = Return(312, "NO_ROUTE", exchange, key)
-                out.append(ReturnedMessage(method, properties or BasicProperties(), body))
+                out.append(ReturnedMessage.no_route(exchange, key, properties, body))
         return out
 
 

@@ -217,6 +217,26 @@ class ReturnedMessage:
     properties: BasicProperties
     body: bytes
 
+    @classmethod
+    def no_route(
+        cls, exchange: str, routing_key: str, properties: BasicProperties | None, body: bytes
+    ) -> ReturnedMessage:
+        """A mandatory message no queue took (Basic.Return 312 NO_ROUTE)."""
+        return cls(
+            Return(312, "NO_ROUTE", exchange, routing_key), properties or BasicProperties(), body
+        )
+
+    @classmethod
+    def rejected(
+        cls, exchange: str, routing_key: str, properties: BasicProperties | None, body: bytes
+    ) -> ReturnedMessage:
+        """A message a full queue refused (x-overflow reject-publish): NackError's."""
+        return cls(
+            Return(0, "REJECT_PUBLISH", exchange, routing_key),
+            properties or BasicProperties(),
+            body,
+        )
+
 
 @dataclass(slots=True)
 class LeasedMessage:
