@@ -528,11 +528,7 @@ def publish(
     the message's per-message TTL in ms. ``amqp_properties``: the raw AMQP property bytes an
     AMQP publisher sent, stored beside the decoded ``properties`` so delivery loses
     nothing. ``delay``: ms before the message becomes deliverable (x-delay, delay=)."""
-    if tx.low_disk:
-        raise errors.StoreFullError(
-            "free disk space is below the limit: publish refused (not stored); acks and "
-            "deletes still work so consumers can drain"
-        )
+    refuse_when_disk_low(tx)
     if exchange == "" and expiration is None and not delay:
         stored = tx.conn.execute(
             sql.PUBLISH_DEFAULT_PLAIN,
@@ -574,7 +570,7 @@ def publish(
         return _schedule(tx, targets, message, priority, expiration, tx.wall_ms + delay)
     if plain:
         # The common case: one queue, no TTL, no length limit; one row.
-        entry_priority = min(priority, max_priority) if max_priority else 0
+        entry_priority = capped_priority(priority, max_priority)
         message = (exchange, routing_key, properties, body, amqp_properties)
         insert_message(tx, message, ((queue_id, entry_priority, None, None, None, None),))
         tx.touched.add(queue_id)
@@ -586,6 +582,21 @@ def publish(
     if refused:
         return Refused(routed, tuple(refused))
     return routed
+
+
+def refuse_when_disk_low(tx: Txn) -> None:
+    """Publishes are refused below the disk-free limit (wal.DiskGuard), before anything is
+    written; acks and deletes go on."""
+    if tx.low_disk:
+        raise errors.StoreFullError(
+            "free disk space is below the limit: publish refused (not stored); acks and "
+            "deletes still work so consumers can drain"
+        )
+
+
+def capped_priority(priority: int, max_priority: int | None) -> int:
+    """A message's priority in a queue: capped at its x-max-priority; 0 without one."""
+    return min(priority, max_priority) if max_priority else 0
 
 
 def insert_message(
@@ -654,7 +665,7 @@ def _store(
         return 0, refused
     rows = []
     for queue_id, (max_priority, ttl, max_len, max_bytes) in accepted:
-        entry_priority = min(priority, max_priority) if max_priority else 0
+        entry_priority = capped_priority(priority, max_priority)
         expires_at = None
         if ttl is not None or expiration is not None:
             # The lower of the queue's and the message's TTL applies (RabbitMQ's rule).
@@ -684,7 +695,7 @@ def _schedule(
     body = message[3]
     rows = []
     for queue_id, (max_priority, ttl, max_len, max_bytes) in targets.items():
-        entry_priority = min(priority, max_priority) if max_priority else 0
+        entry_priority = capped_priority(priority, max_priority)
         expires_at = None
         if ttl is not None or expiration is not None:
             lifetime = min(t for t in (ttl, expiration) if t is not None)

@@ -17,7 +17,7 @@ itself, in order, so there is one routing and storing path.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import errors, sql, store
@@ -151,7 +151,7 @@ def publish_many(tx: store.Txn, publishes: Sequence[PublishCall]) -> list[Any]:
     so queue order is publish order."""
     if not publishes:
         return []
-    _refuse_when_disk_low(tx)
+    store.refuse_when_disk_low(tx)
     conn = tx.conn
     # (exchange, routing key) -> (targets, plain): plain when no target has a TTL or a
     # length limit (otherwise such publishes take the full path)
@@ -216,23 +216,18 @@ def publish_many(tx: store.Txn, publishes: Sequence[PublishCall]) -> list[Any]:
             if shared:
                 flush()
             ((queue_id, target),) = targets.items()
-            inline.append((queue_id, _priority(priority, target[0]), *message))
+            inline.append((queue_id, store.capped_priority(priority, target[0]), *message))
         else:
             if inline:
                 flush()
             index = len(shared)
             shared.append(message)
             for queue_id, target in targets.items():
-                entries.append((index, queue_id, _priority(priority, target[0])))
+                entries.append((index, queue_id, store.capped_priority(priority, target[0])))
         tx.touched.update(targets)
         results.append(len(targets))
     flush()
     return results
-
-
-def _priority(priority: int, max_priority: int | None) -> int:
-    """A message's priority in a queue: capped at its x-max-priority; 0 without one."""
-    return min(priority, max_priority) if max_priority else 0
 
 
 def publish_batch(
@@ -249,7 +244,7 @@ def publish_batch(
     and properties, routed once. The common case (one queue without TTL or length limit;
     no headers, delay or message id) is one executemany; anything else is publish_many's.
     Raises TxRefused (so nothing is stored) when a full queue refuses one."""
-    _refuse_when_disk_low(tx)
+    store.refuse_when_disk_low(tx)
     if not headers and _BATCHABLE_EXTRA.issuperset(extra):
         targets = store._route(tx, exchange, routing_key, None)
         if not targets:
@@ -258,8 +253,9 @@ def publish_batch(
         if len(targets) == 1:
             ((queue_id, (max_priority, ttl, max_len, max_bytes)),) = targets.items()
             if ttl is None and max_len is None and max_bytes is None:
-                shared = (queue_id, _priority(priority, max_priority), exchange, routing_key)
-                shared += (properties, tx.wall_ms, extra.get("amqp_properties"))
+                entry_priority = store.capped_priority(priority, max_priority)
+                shared = (queue_id, entry_priority, exchange, routing_key, properties)
+                shared += (tx.wall_ms, extra.get("amqp_properties"))
                 _insert_inline_batch(tx.conn, shared, bodies)
                 tx.touched.add(queue_id)
                 return [1] * len(bodies)
@@ -276,29 +272,23 @@ def publish_batch(
 def _insert_inline_batch(
     conn: sqlite3.Connection, shared: tuple[Any, ...], bodies: Sequence[bytes]
 ) -> None:
-    """Insert ``bodies`` in order, sharing every other column (sql.insert_inline_batch),
-    in chunks of the statement's sizes."""
-    start = 0
-    for size in sql.INLINE_BATCH_SIZES:
-        while len(bodies) - start >= size:
-            conn.execute(sql.insert_inline_batch(size), (*shared, *bodies[start : start + size]))
-            start += size
+    """Insert ``bodies`` in order, sharing every other column (sql.insert_inline_batch)."""
+    for start, size in _chunks(len(bodies)):
+        conn.execute(sql.insert_inline_batch(size), (*shared, *bodies[start : start + size]))
 
 
 def _insert_inline_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert whole inline entries (sql.INLINE_ROW_COLUMNS) in order, in chunks of the
-    statement's sizes."""
+    """Insert whole inline entries (sql.INLINE_ROW_COLUMNS) in order."""
+    for start, size in _chunks(len(rows)):
+        params = [value for row in rows[start : start + size] for value in row]
+        conn.execute(sql.insert_inline_rows(size), params)
+
+
+def _chunks(count: int) -> Iterator[tuple[int, int]]:
+    """(start, size) of consecutive chunks covering ``count`` items, largest sizes first,
+    each size one the multi-row statements are built for (sql.INLINE_BATCH_SIZES)."""
     start = 0
     for size in sql.INLINE_BATCH_SIZES:
-        while len(rows) - start >= size:
-            params = [value for row in rows[start : start + size] for value in row]
-            conn.execute(sql.insert_inline_rows(size), params)
+        while count - start >= size:
+            yield start, size
             start += size
-
-
-def _refuse_when_disk_low(tx: store.Txn) -> None:
-    if tx.low_disk:
-        raise errors.StoreFullError(
-            "free disk space is below the limit: publish refused (not stored); acks and "
-            "deletes still work so consumers can drain"
-        )
