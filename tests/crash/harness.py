@@ -265,6 +265,19 @@ def assert_intact(path: str | os.PathLike[str]) -> None:
     assert foreign == [], f"foreign_key_check of {path}: {foreign}"
 
 
+def stored_messages(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(body as text, queue name) of every entry, ready or leased, read with plain sqlite3:
+    the message inline in its entry, or shared in mq_messages."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT CAST(coalesce(e.body, m.body) AS TEXT), q.name FROM mq_entries e "
+            "LEFT JOIN mq_messages m ON m.id = e.message_id JOIN mq_queues q ON q.id = e.queue_id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
 def table_count(path: str | os.PathLike[str], sql: str, params: tuple = ()) -> int:
     """One ``SELECT count(*)`` from a fresh connection (same rule as integrity_check)."""
     conn = sqlite3.connect(path, isolation_level=None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 
 import mqstore
 
-from .harness import REPO_ROOT, assert_intact, connect
+from .harness import REPO_ROOT, assert_intact, connect, stored_messages
 
 pytestmark = pytest.mark.crash
 
@@ -78,15 +77,7 @@ def spawn(mode: str, db: str) -> subprocess.Popen:
 
 def placements(db: str) -> Counter[tuple[str, str]]:
     """(body, queue) -> entries, read with plain sqlite3 (leased entries included)."""
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(
-            "SELECT CAST(coalesce(e.body, m.body) AS TEXT), q.name FROM mq_entries e "
-            "LEFT JOIN mq_messages m ON m.id = e.message_id JOIN mq_queues q ON q.id = e.queue_id"
-        ).fetchall()
-    finally:
-        conn.close()
-    return Counter(rows)
+    return Counter(stored_messages(db))
 
 
 def check_exactly_once(db: str, expected: set[str]) -> tuple[int, int]:

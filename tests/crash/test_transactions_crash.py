@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from collections import Counter
 
 import pytest
 
-from .harness import REPO_ROOT, assert_intact, connect
+from .harness import REPO_ROOT, assert_intact, connect, stored_messages
 
 pytestmark = pytest.mark.crash
 
@@ -78,17 +77,9 @@ def spawn(db: str, seed: int) -> subprocess.Popen:
 
 def snapshot(db: str) -> tuple[Counter[str], Counter[str]]:
     """(inputs in 'in', leased or ready) and (outputs in 'out'), read with plain sqlite3."""
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(
-            "SELECT CAST(coalesce(e.body, m.body) AS TEXT), q.name FROM mq_entries e "
-            "LEFT JOIN mq_messages m ON m.id = e.message_id JOIN mq_queues q ON q.id = e.queue_id"
-        ).fetchall()
-    finally:
-        conn.close()
     inputs: Counter[str] = Counter()
     outputs: Counter[str] = Counter()
-    for body, queue in rows:
+    for body, queue in stored_messages(db):
         (inputs if queue == "in" else outputs)[body] += 1
     return inputs, outputs
 
