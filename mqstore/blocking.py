@@ -395,11 +395,19 @@ class BlockingChannel:
         delivered only once the delay has passed (an ``x-delay`` header, in ms, does the
         same; docs/queue-features.md).
         """
-        returned = self._run(
-            self._state.basic_publish(
-                exchange, routing_key, body, properties, mandatory, delay=delay
+        try:
+            returned = self._state.publish_now(
+                self.connection._engine.run,
+                exchange,
+                routing_key,
+                body,
+                properties,
+                mandatory,
+                delay=delay,
             )
-        )
+        except errors.ChannelClosedByBroker as exc:
+            self._close_after(exc)
+            raise
         if returned is not None:
             self._returned(returned)
 

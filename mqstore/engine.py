@@ -531,7 +531,12 @@ class Engine:
         return True
 
     def _begin(self) -> None:
-        """BEGIN IMMEDIATE, retrying while another process holds the write lock.
+        self._retry_busy(self._conn.execute, "BEGIN IMMEDIATE")
+
+    @staticmethod
+    def _retry_busy(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` (which takes the write lock: BEGIN IMMEDIATE, or a statement run
+        as its own transaction), retried while another process holds the write lock.
 
         SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, which turns
         a brief contention into tens of milliseconds of latency; this retries after 50 us,
@@ -540,8 +545,7 @@ class Engine:
         deadline = None
         while True:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                return
+                return fn(*args, **kwargs)
             except sqlite3.OperationalError as exc:
                 if not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY"):
                     raise
@@ -553,11 +557,30 @@ class Engine:
                 _PAUSE.wait(delay)  # not time.sleep: libfaketime breaks it (EINVAL)
                 delay = min(delay * 2, 0.002)
 
+    def _run_alone(self, tx: store.Txn, op: _Op) -> bool:
+        """Run a lone publish that is one statement (store.publish_alone) as its own
+        transaction: SQLite commits it when the statement ends, so no BEGIN and COMMIT
+        statements are run. False (nothing written): it needs a transaction."""
+        if op.fn is not store.publish:
+            return False
+        try:
+            stored = self._retry_busy(store.publish_alone, tx, *op.args, **op.kwargs)
+        except sqlite3.Error:
+            raise
+        except Exception as exc:  # refused before writing (low disk)
+            op.error = exc
+            return True
+        if not stored:
+            return False
+        op.result = stored
+        return True
+
     def _execute(self, batch: list[_Op]) -> None:
         """Run ``batch`` in one transaction: one commit (and fsync) for all of it."""
         conn = self._conn
-        tx = store.Txn(conn, self.clock.now_ms(), self.clock.wall_ms(), cache=self._route_cache)
-        tx.low_disk = self.disk.low()
+        tx = store.Txn(
+            conn, self.clock.now_ms(), self.clock.wall_ms(), self._route_cache, self.disk.low()
+        )
         sync_full = batch[0].sync if len(batch) == 1 else any(op.sync for op in batch)
         try:
             if sync_full:
@@ -567,29 +590,14 @@ class Engine:
                     "PRAGMA synchronous=FULL" if sync_full else "PRAGMA synchronous=NORMAL"
                 )
                 self._sync_full = sync_full
-            self._begin()
-            if len(batch) == 1:
+            if len(batch) > 1:
+                tx = self._run_batch(tx, batch)
+            elif not self._run_alone(tx, batch[0]):
                 # A lone operation that fails is rolled back whole.
+                self._begin()
                 op = batch[0]
                 op.result = _call(tx, op)
                 conn.execute("ROLLBACK" if op.error is not None else "COMMIT")
-            elif self._run_all(tx, batch):
-                conn.execute("COMMIT")
-            else:
-                # One operation was refused: undo the batch and replay it with a savepoint
-                # around each operation, so the refusal undoes only its own writes.
-                conn.execute("ROLLBACK")
-                tx = store.Txn(conn, tx.now_ms, tx.wall_ms, cache=self._route_cache)
-                tx.low_disk = self.disk.low()
-                self._begin()
-                for op in batch:
-                    op.error = None
-                    conn.execute("SAVEPOINT op")
-                    op.result = _call(tx, op)
-                    if op.error is not None:
-                        conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                conn.execute("COMMIT")
         except errors.StoreReplacedError as exc:
             for op in batch:
                 op.error = exc
@@ -617,6 +625,29 @@ class Engine:
             self._scheduled(tx.scheduled_ms)
         # This process writes: take the checkpointer role if it is free (it follows writes).
         self.checkpointer.follow_writes(conn, wrote=True, now=time.monotonic())
+
+    def _run_batch(self, tx: store.Txn, batch: list[_Op]) -> store.Txn:
+        """Run several operations in one transaction and commit; returns the Txn that
+        committed (a new one when the batch was replayed)."""
+        conn = self._conn
+        self._begin()
+        if self._run_all(tx, batch):
+            conn.execute("COMMIT")
+            return tx
+        # One operation was refused: undo the batch and replay it with a savepoint around
+        # each operation, so the refusal undoes only its own writes.
+        conn.execute("ROLLBACK")
+        tx = store.Txn(conn, tx.now_ms, tx.wall_ms, self._route_cache, tx.low_disk)
+        self._begin()
+        for op in batch:
+            op.error = None
+            conn.execute("SAVEPOINT op")
+            op.result = _call(tx, op)
+            if op.error is not None:
+                conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+        return tx
 
     def _check_usable(self) -> None:
         if _forks and os.getpid() != self._pid:

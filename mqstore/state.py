@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
-from collections.abc import Collection, Generator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import codec, core, errors, store, txn
@@ -45,21 +45,35 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 _MISSING_OK: Mapping[str, Any] = {"missing_ok": True}
 
 
-@dataclass(frozen=True, slots=True)
 class Call:
-    """A store operation for the engine to run: ``fn(tx, *args, **kwargs)``."""
+    """A store operation for the engine to run: ``fn(tx, *args, **kwargs)``.
 
-    fn: Any
-    args: tuple = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    sync: bool = False
-    # Fire and forget: queued for the next group commit; ``on_done(result, error)`` is
-    # called (on the committing thread) once it ran. Used for acks, as AMQP's are.
-    post: bool = False
-    on_done: Any = None
-    # Posted calls with the same key that are still queued are merged into one (their
-    # first argument, a list, is concatenated): one statement loop for many acks.
-    coalesce: Any = None
+    A plain class with slots: one is made per operation, and a frozen dataclass's
+    ``__init__`` (object.__setattr__ per field) cost 2.6 us of a publish's ~45."""
+
+    __slots__ = ("args", "coalesce", "fn", "kwargs", "on_done", "post", "sync")
+
+    def __init__(
+        self,
+        fn: Any,
+        args: tuple = (),
+        kwargs: Mapping[str, Any] | None = None,
+        sync: bool = False,
+        post: bool = False,
+        on_done: Any = None,
+        coalesce: Any = None,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = {} if kwargs is None else kwargs
+        self.sync = sync
+        # Fire and forget: queued for the next group commit; ``on_done(result, error)`` is
+        # called (on the committing thread) once it ran. Used for acks, as AMQP's are.
+        self.post = post
+        self.on_done = on_done
+        # Posted calls with the same key that are still queued are merged into one (their
+        # first argument, a list, is concatenated): one statement loop for many acks.
+        self.coalesce = coalesce
 
 
 Steps = Generator[Call, Any, Any]
@@ -313,20 +327,75 @@ class ChannelState:
         """Store one message; returns a ReturnedMessage when mandatory and unroutable.
         ``amqp_properties``: the AMQP server's raw property bytes, stored for delivery.
         ``delay`` (seconds) or an ``x-delay`` header (ms): deliverable only then."""
+        prepared = self._prepare_publish(
+            exchange, routing_key, body, properties, mandatory, amqp_properties, delay
+        )
+        if prepared is None:
+            return None
+        routed = yield prepared[0]
+        return self._published(routed, prepared, properties, mandatory)
+
+    def publish_now(
+        self,
+        run: Callable[..., Any],
+        exchange: str,
+        routing_key: str,
+        body: Any,
+        properties: BasicProperties | None = None,
+        mandatory: bool = False,
+        *,
+        delay: Any = None,
+    ) -> ReturnedMessage | None:
+        """:meth:`basic_publish` with a blocking ``run`` (Engine.run) and without the
+        generator protocol: the same steps, ~2 us less on a sequential publisher's path,
+        where a publish returns only after its own commit."""
+        prepared = self._prepare_publish(
+            exchange, routing_key, body, properties, mandatory, None, delay
+        )
+        if prepared is None:
+            return None
+        call = prepared[0]
+        routed = run(call.fn, *call.args, sync=call.sync, **call.kwargs)
+        return self._published(routed, prepared, properties, mandatory)
+
+    def _prepare_publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Any,
+        properties: BasicProperties | None,
+        mandatory: bool,
+        amqp_properties: bytes | None,
+        delay: Any,
+    ) -> tuple[Call, str, str, bytes] | None:
+        """Validate a publish: the store call to make, or None when an open transaction
+        (mqstore.txn) took it, to be made at tx_commit."""
         self.check_open()
         call, xname, key, data = self._publish_call(
             exchange, routing_key, body, properties, amqp_properties, delay
         )
-        if self.tx is not None:
-            # An open transaction (mqstore.txn): the same store call, made at tx_commit.
-            self.tx.publish((call.args, call.kwargs), xname, key, properties, data, mandatory)
+        if self.tx is None:
+            return call, xname, key, data
+        self.tx.publish((call.args, call.kwargs), xname, key, properties, data, mandatory)
+        return None
+
+    @staticmethod
+    def _published(
+        routed: Any,
+        prepared: tuple[Call, str, str, bytes],
+        properties: BasicProperties | None,
+        mandatory: bool,
+    ) -> ReturnedMessage | None:
+        """What a committed publish means for its publisher: a nack (a full queue refused
+        it), a return (mandatory and no queue took it), or nothing."""
+        if routed and not isinstance(routed, store.Refused):
             return None
-        routed = yield call
+        _, xname, key, data = prepared
         if isinstance(routed, store.Refused):
             also = f"; stored in {routed.routed} other queue(s)" if routed.routed else ""
             refused = ReturnedMessage.rejected(xname, key, properties, data)
             raise _publish_refused(refused, routed.queues, also)
-        if routed or not mandatory:
+        if not mandatory:
             return None
         return ReturnedMessage.no_route(xname, key, properties, data)
 
@@ -391,9 +460,13 @@ class ChannelState:
         """Validate one publish: the store call that stores it, with the checked exchange
         name, routing key and body."""
         data = core.coerce_body(body)
-        xname = core.check_name("exchange", exchange, allow_reserved=True)
+        xname = "" if exchange == "" else core.check_name("exchange", exchange, allow_reserved=True)
         key = core.check_routing_key(routing_key)
         self._check_size(data)
+        if properties is None and amqp_properties is None and delay is None:
+            # No properties: nothing to encode, expire, delay or deduplicate.
+            call = Call(store.publish, (xname, key, data, None, 0, None), sync=self._durable_sync)
+            return call, xname, key, data
         fields = properties.fields() if properties is not None else {}
         if fields.get("reply_to") == REPLY_TO:
             if self.reply_queue is None or not any(

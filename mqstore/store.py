@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,26 +33,51 @@ MAX_DEAD_LETTER_DEPTH = 32
 SCHEDULED = -1
 
 
-@dataclass(slots=True)
 class Txn:
-    """The transaction an operation runs in, with the time read once for the batch."""
+    """The transaction an operation runs in, with the time read once for the batch.
 
-    conn: sqlite3.Connection
-    now_ms: int
-    wall_ms: int
-    # Queues (ids; names on the default exchange's fast path) given deliverable messages.
-    touched: set[int | str] = field(default_factory=set)
-    queues_deleted: bool = False
-    # The shortest lease taken in this transaction: the engine renews at least that often.
-    shortest_lease_ms: int | None = None
-    # Free disk space is below the limit: publishes are refused (wal.DiskGuard).
-    low_disk: bool = False
-    # The earliest deliver_at_ms (wall) a delayed publish in this transaction scheduled:
-    # the engine's upkeep thread wakes for it.
-    scheduled_ms: int | None = None
-    # The engine's routing cache (outlives transactions); see _topic_targets.
-    cache: dict[Any, Any] | None = None
-    _topology: int | None = None
+    A plain class with slots (not a dataclass with a default factory): one is made per
+    commit, on the path of every sequential durable publish."""
+
+    __slots__ = (
+        "_topology",
+        "cache",
+        "conn",
+        "low_disk",
+        "now_ms",
+        "queues_deleted",
+        "scheduled_ms",
+        "shortest_lease_ms",
+        "touched",
+        "wall_ms",
+    )
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        now_ms: int,
+        wall_ms: int,
+        cache: dict[Any, Any] | None = None,
+        low_disk: bool = False,
+    ) -> None:
+        self.conn = conn
+        self.now_ms = now_ms
+        self.wall_ms = wall_ms
+        # Queues (ids; names on the default exchange's fast path) given deliverable
+        # messages.
+        self.touched: set[int | str] = set()
+        self.queues_deleted = False
+        # The shortest lease taken in this transaction: the engine renews at least that
+        # often.
+        self.shortest_lease_ms: int | None = None
+        # Free disk space is below the limit: publishes are refused (wal.DiskGuard).
+        self.low_disk = low_disk
+        # The earliest deliver_at_ms (wall) a delayed publish in this transaction
+        # scheduled: the engine's upkeep thread wakes for it.
+        self.scheduled_ms: int | None = None
+        # The engine's routing cache (outlives transactions); see _topic_targets.
+        self.cache = cache
+        self._topology: int | None = None
 
     def topology(self) -> int:
         """The file's topology version, read once per transaction."""
@@ -510,6 +535,36 @@ class Refused:
         return self.routed > 0
 
 
+def publish_alone(
+    tx: Txn,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    properties: str | None,
+    priority: int,
+    headers: Mapping[str, Any] | None,
+    amqp_properties: bytes | None = None,
+    expiration: int | None = None,
+    delay: int | None = None,
+    message_id: str | None = None,
+) -> int:
+    """The common case of :func:`publish` (same arguments) in one statement: the default
+    exchange, to a queue without TTL, length limit or deduplication, no per-message
+    expiration or delay. Returns 1 when stored, 0 when :func:`publish` must route it
+    (nothing was written). Being one statement, it may run as its own transaction
+    (Engine._run_alone)."""
+    if exchange != "" or expiration is not None or delay:
+        return 0
+    refuse_when_disk_low(tx)
+    stored = tx.conn.execute(
+        sql.PUBLISH_DEFAULT_PLAIN,
+        (routing_key, priority, properties, body, tx.wall_ms, amqp_properties),
+    ).rowcount
+    if stored:
+        tx.touched.add(routing_key)
+    return stored
+
+
 def publish(
     tx: Txn,
     exchange: str,
@@ -528,15 +583,20 @@ def publish(
     the message's per-message TTL in ms. ``amqp_properties``: the raw AMQP property bytes an
     AMQP publisher sent, stored beside the decoded ``properties`` so delivery loses
     nothing. ``delay``: ms before the message becomes deliverable (x-delay, delay=)."""
+    if publish_alone(
+        tx,
+        exchange,
+        routing_key,
+        body,
+        properties,
+        priority,
+        headers,
+        amqp_properties,
+        expiration,
+        delay,
+    ):
+        return 1
     refuse_when_disk_low(tx)
-    if exchange == "" and expiration is None and not delay:
-        stored = tx.conn.execute(
-            sql.PUBLISH_DEFAULT_PLAIN,
-            (routing_key, priority, properties, body, tx.wall_ms, amqp_properties),
-        ).rowcount
-        if stored:
-            tx.touched.add(routing_key)
-            return 1
     targets: Mapping[int, Target] | None = None
     if exchange == "":
         row = tx.conn.execute(sql.ROUTE_DEFAULT, (routing_key,)).fetchone()
