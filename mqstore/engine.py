@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import errors, notify, sql, store, txn, wal
+from . import errors, notify, replaced, sql, store, txn, wal
 from .types import Clock, SystemClock, boot_id
 
 log = logging.getLogger(__name__)
@@ -275,8 +275,7 @@ class Engine:
         self._conn = self._connect(path)
         self.checkpointer = wal.Checkpointer(path)
         self.disk = wal.DiskGuard(path, disk_free_limit)
-        self._stat = os.stat(path)
-        self._replaced = False
+        self._identity = replaced.ReplacedCheck(path)
         self._sync_full: bool | None = None
         # Guards _pending, _leader and _coalescing. Blocking callers wait on their own op's
         # lock (no thundering herd); the condition is for the rare waits for leadership to
@@ -314,6 +313,7 @@ class Engine:
             self.run(self._bootstrap)
         except BaseException:
             self._conn.close()
+            self._identity.close()
             if self._sender is not None:
                 self._sender.close()
             raise
@@ -659,13 +659,7 @@ class Engine:
             raise errors.ConnectionWrongStateError("the store is closed")
 
     def _check_replaced(self) -> None:
-        if not self._replaced:
-            try:
-                st = os.stat(self.path)
-                self._replaced = (st.st_dev, st.st_ino) != (self._stat.st_dev, self._stat.st_ino)
-            except FileNotFoundError:
-                self._replaced = True
-        if self._replaced:
+        if self._identity.check():
             raise errors.StoreReplacedError(
                 f"{self.path}: the database file was deleted or replaced while open; "
                 "writes stop here so they are not lost in an orphaned file"
@@ -894,6 +888,7 @@ class Engine:
             self._closed = True
         self._conn.close()
         self.checkpointer.close()
+        self._identity.close()
         if self._sender is not None:
             self._sender.close()
 
