@@ -1,7 +1,8 @@
 """Broker operations on an SQLite connection: one function per operation.
 
 Each function runs inside a write transaction the engine opened (BEGIN IMMEDIATE), possibly
-batched with other operations behind SAVEPOINTs (group commit). A function raises an mqstore
+batched with other operations behind SAVEPOINTs (group commit); ``publish_alone``, one
+statement, may also run as its own transaction. A function raises an mqstore
 error before it writes anything, so a refused operation leaves no trace; it records the
 queues it made deliverable in ``tx.touched`` so waiting consumers are woken after COMMIT.
 """
@@ -31,6 +32,8 @@ MAX_DEAD_LETTER_DEPTH = 32
 # ix_mq_entries_ready and the length-limit counts; no real lease has it (tokens are > 0) and
 # no lease owner, so no ack, requeue or lease sweep touches it. deliver_at_ms says when due.
 SCHEDULED = -1
+# Queue ids remembered per engine for the default exchange's plain publish (publish_alone).
+QUEUE_IDS_CACHED = 4096
 
 
 class Txn:
@@ -555,14 +558,39 @@ def publish_alone(
     (Engine._run_alone)."""
     if exchange != "" or expiration is not None or delay:
         return 0
-    refuse_when_disk_low(tx)
-    stored = tx.conn.execute(
-        sql.PUBLISH_DEFAULT_PLAIN,
-        (routing_key, priority, properties, body, tx.wall_ms, amqp_properties),
-    ).rowcount
+    if tx.low_disk:
+        refuse_when_disk_low(tx)
+    values = (routing_key, priority, properties, body, tx.wall_ms, amqp_properties)
+    ids = tx.cache.get("queue ids") if tx.cache is not None else None
+    if ids is None:
+        ids = _queue_ids(tx)
+    queue_id = ids.get(routing_key)
+    if queue_id is not None:
+        stored = tx.conn.execute(sql.PUBLISH_DEFAULT_PLAIN_BY_ID, (*values, queue_id)).rowcount
+        if stored:
+            tx.touched.add(routing_key)
+            return stored
+        del ids[routing_key]  # deleted, or not plain any more
+    stored = tx.conn.execute(sql.PUBLISH_DEFAULT_PLAIN, values).rowcount
     if stored:
         tx.touched.add(routing_key)
+        row = tx.conn.execute(sql.QUEUE_ID_BY_NAME, (routing_key,)).fetchone()
+        if row is not None:
+            if len(ids) >= QUEUE_IDS_CACHED:
+                ids.clear()
+            ids[routing_key] = row[0]
     return stored
+
+
+def _queue_ids(tx: Txn) -> dict[str, int]:
+    """Queue ids by name, remembered in the engine's cache for PUBLISH_DEFAULT_PLAIN_BY_ID
+    (hints only: that statement checks the name and the queue's arguments)."""
+    if tx.cache is None:
+        return {}
+    ids = tx.cache.get("queue ids")
+    if ids is None:
+        ids = tx.cache["queue ids"] = {}
+    return ids
 
 
 def publish(
