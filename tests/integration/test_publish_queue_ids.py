@@ -21,10 +21,15 @@ def queue_id(path: str, name: str) -> int | None:
 
 
 def in_another_process(path: str, code: str) -> None:
-    script = "import mqstore\n" + textwrap.dedent(f"""
+    script = (
+        "import mqstore\n"
+        + textwrap.dedent(f"""
         conn = mqstore.BlockingConnection(mqstore.ConnectionParameters(path={path!r}))
         ch = conn.channel()
-    """) + textwrap.dedent(code) + "\nconn.close()\n"
+    """)
+        + textwrap.dedent(code)
+        + "\nconn.close()\n"
+    )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
 
 
