@@ -156,6 +156,14 @@ PUBLISH_DEFAULT_PLAIN = _PUBLISH_DEFAULT_PLAIN.format("name = ?1")
 # instead of a search of the name index, ~2 us less. The name and the conditions are still
 # checked, so a queue deleted (its id given to another) or changed stores nothing here.
 PUBLISH_DEFAULT_PLAIN_BY_ID = _PUBLISH_DEFAULT_PLAIN.format("id = ?7 AND name = ?1")
+# The same for a message with a body only (no properties, priority 0): four values to bind
+# instead of seven (Python's sqlite3 binds ~0.3 us per value).
+PUBLISH_DEFAULT_BARE_BY_ID = (
+    "INSERT INTO mq_entries (queue_id, priority, exchange, routing_key, body, published_at_ms) "
+    "SELECT id, 0, '', name, ?2, ?3 FROM mq_queues WHERE id = ?4 AND name = ?1 "
+    "AND message_ttl_ms IS NULL AND max_length IS NULL AND max_length_bytes IS NULL "
+    "AND dedup_window_ms IS NULL"
+)
 QUEUE_ID_BY_NAME = "SELECT id FROM mq_queues WHERE name = ?"
 # ``rows`` messages with one queue, priority, exchange, routing key, properties and
 # publish time, inline, in one statement (basic_publish_batch): the shared values are bound

@@ -566,7 +566,12 @@ def publish_alone(
         ids = _queue_ids(tx)
     queue_id = ids.get(routing_key)
     if queue_id is not None:
-        stored = tx.conn.execute(sql.PUBLISH_DEFAULT_PLAIN_BY_ID, (*values, queue_id)).rowcount
+        if properties is None and not priority and amqp_properties is None:
+            stored = tx.conn.execute(
+                sql.PUBLISH_DEFAULT_BARE_BY_ID, (routing_key, body, tx.wall_ms, queue_id)
+            ).rowcount
+        else:
+            stored = tx.conn.execute(sql.PUBLISH_DEFAULT_PLAIN_BY_ID, (*values, queue_id)).rowcount
         if stored:
             tx.touched.add(routing_key)
             return stored

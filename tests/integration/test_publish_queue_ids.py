@@ -98,3 +98,21 @@ def test_many_queues_still_route_each_to_its_own(blocking_connect) -> None:
     for name in names[:5] + names[-5:]:
         assert channel.basic_get(name, auto_ack=True)[2] == name.encode()
         assert count(channel, name) == 0
+
+
+def test_remembered_queue_keeps_properties_and_caps_priority(blocking_connect) -> None:
+    """Once the id is remembered, a publish with properties takes the seven-value statement
+    and a bare one the four-value statement: both store what they were given."""
+    channel = blocking_connect().channel()
+    channel.queue_declare("p", arguments={"x-max-priority": 5})
+    channel.basic_publish("", "p", b"bare-1")
+    props = mqstore.BasicProperties(priority=9, correlation_id="c-1", headers={"k": "v"})
+    channel.basic_publish("", "p", b"urgent", props)
+    channel.basic_publish("", "p", b"bare-2")
+
+    _method, got, body = channel.basic_get("p", auto_ack=True)
+    assert body == b"urgent"
+    assert (got.priority, got.correlation_id, got.headers) == (9, "c-1", {"k": "v"})
+    rest = [channel.basic_get("p", auto_ack=True) for _ in range(2)]
+    assert [r[2] for r in rest] == [b"bare-1", b"bare-2"]
+    assert all(r[1].priority is None and r[1].headers is None for r in rest)
