@@ -90,7 +90,7 @@ class BasicProperties:
 
     def fields(self) -> dict[str, Any]:
         """The fields that are set, by name."""
-        return {n: getattr(self, n) for n in PROPERTY_FIELDS if getattr(self, n) is not None}
+        return {n: v for n in PROPERTY_FIELDS if (v := getattr(self, n)) is not None}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BasicProperties):
