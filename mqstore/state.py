@@ -987,10 +987,18 @@ def drive(steps: Steps, run: Any, post: Any = None) -> Any:
             error = exc
 
 
-async def drive_async(steps: Steps, run_async: Any, post: Any = None) -> Any:
-    """As :func:`drive`, awaiting each store operation."""
+async def drive_async(
+    steps: Steps, run_async: Any, post: Any = None, *, pending: Any = None
+) -> Any:
+    """As :func:`drive`, awaiting each store operation. ``pending``: the future of the call
+    the steps already yielded (queued on the engine early, see :func:`submit`)."""
     value: Any = None
     error: BaseException | None = None
+    if pending is not None:
+        try:
+            value = await pending
+        except errors.MqstoreError as exc:
+            error = exc
     while True:
         try:
             call = steps.send(value) if error is None else steps.throw(error)
@@ -1004,3 +1012,15 @@ async def drive_async(steps: Steps, run_async: Any, post: Any = None) -> Any:
             value = await run_async(call.fn, *call.args, sync=call.sync, **call.kwargs)
         except errors.MqstoreError as exc:
             error = exc
+
+
+def submit(steps: Steps, run_async: Any) -> tuple[Any, Any]:
+    """Advance ``steps`` to their first store call and queue it now (``run_async``), so it
+    reaches the engine before the caller's next await: ``(future, None)``, to be finished
+    with ``drive_async(steps, ..., pending=future)``; or ``(None, result)`` when the steps
+    finished without a call."""
+    try:
+        call = steps.send(None)
+    except StopIteration as stop:
+        return None, stop.value
+    return run_async(call.fn, *call.args, sync=call.sync, **call.kwargs), None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp import commands
 
 from .. import errors
-from ..state import ChannelState, Steps, drive_async
+from ..state import ChannelState, Steps, drive_async, submit
 from . import framing
 from .replies import Fault, fault_for, method_ids
 
@@ -190,15 +190,28 @@ class AMQPChannel:
             amqp_properties=props.amqp_encoded,
         )
         await self._slots.acquire()
-        # The task reaches the engine's queue before anything else of this channel runs,
-        # so publishes are stored in the order they arrived.
-        task = asyncio.get_running_loop().create_task(self._publish(steps, seq, method))
+        # Validated and queued on the engine now, before anything else of this channel
+        # runs (publishes are stored in the order they arrived) and a loop iteration sooner
+        # than from the task's first step; the task awaits the commit.
+        try:
+            pending, early = submit(steps, self.conn.engine.run_async)
+        except BaseException:
+            self._slots.release()
+            raise
+        task = asyncio.get_running_loop().create_task(
+            self._publish(steps, pending, early, seq, method)
+        )
         self._publishes.add(task)
         task.add_done_callback(self._publishes.discard)
 
-    async def _publish(self, steps: Steps, seq: int, method: Any) -> None:
+    async def _publish(self, steps: Steps, pending: Any, early: Any, seq: int, method: Any) -> None:
         try:
-            returned = await self._run(steps)
+            if pending is None:
+                returned = early  # no store call: joined an open transaction
+            else:
+                returned = await drive_async(
+                    steps, self.conn.engine.run_async, self.conn.engine.post, pending=pending
+                )
             outcome = (True, returned)
         except errors.ChannelClosedByBroker as exc:
             await self.fail(exc, method)
