@@ -15,7 +15,6 @@ import random
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import assert_intact, connect
+from .harness import assert_intact, connect, stored_messages
 
 PUBLISHER = textwrap.dedent("""
     import os, sys
@@ -93,15 +92,6 @@ def _rebuild(log: Path, originals: dict[str, bytes], out_dir: Path) -> None:
             (out_dir / name).write_bytes(bytes(image))
 
 
-def _queue_bodies(path: Path) -> set[int]:
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute(
-            "SELECT coalesce(e.body, m.body) FROM mq_entries e "
-            "LEFT JOIN mq_messages m ON m.id = e.message_id"
-        ).fetchall()
-    return {int(row[0]) for row in rows}
-
-
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("durability", ["full", "normal"])
 def test_power_cut_loses_no_acknowledged_publish(tmp_path: Path, durability: str) -> None:
@@ -145,7 +135,7 @@ def test_power_cut_loses_no_acknowledged_publish(tmp_path: Path, durability: str
     rebuilt.mkdir()
     _rebuild(log, originals, rebuilt)
     assert_intact(rebuilt / "broker.db")
-    stored = _queue_bodies(rebuilt / "broker.db")
+    stored = {int(body) for body, _queue in stored_messages(rebuilt / "broker.db")}
     lost = sorted(set(acked) - stored)
     print(
         f"FIGURE F12 {durability}: {len(acked)} publishes returned before the cut; "
