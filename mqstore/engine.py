@@ -218,6 +218,16 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY")
 
 
+# Errors of one statement (a constraint or trigger, a value too big ...), as opposed to the
+# transaction's (I/O, disk full, busy, corruption): in a group commit they fail only the
+# operation that ran the statement.
+_STATEMENT_ERRORS = ("SQLITE_CONSTRAINT", "SQLITE_TOOBIG", "SQLITE_MISMATCH", "SQLITE_RANGE")
+
+
+def _statement_error(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorname", "").startswith(_STATEMENT_ERRORS)
+
+
 def _map_sqlite_error(exc: sqlite3.Error, path: str) -> errors.StoreError:
     name = getattr(exc, "sqlite_errorname", "")
     text = f"{path}: {exc}"
@@ -687,18 +697,30 @@ class Engine:
         committed (a new one when the batch was replayed)."""
         conn = self._conn
         self._begin()
-        if self._run_all(tx, batch):
+        try:
+            done = self._run_all(tx, batch)
+        except sqlite3.Error as exc:
+            if not _statement_error(exc):
+                raise  # the transaction itself failed (I/O, disk full ...): all of it fails
+            done = False
+        if done:
             conn.execute("COMMIT")
             return tx
-        # One operation was refused: undo the batch and replay it with a savepoint around
-        # each operation, so the refusal undoes only its own writes.
+        # One operation was refused, or one statement failed: undo the batch and replay it
+        # with a savepoint around each operation, so that one undoes only its own writes
+        # and fails alone.
         conn.execute("ROLLBACK")
         tx = store.Txn(conn, tx.now_ms, tx.wall_ms, self._route_cache, tx.low_disk)
         self._begin()
         for op in batch:
             op.error = None
             conn.execute("SAVEPOINT op")
-            op.result = _call(tx, op)
+            try:
+                op.result = _call(tx, op)
+            except sqlite3.Error as exc:
+                if not _statement_error(exc):
+                    raise
+                op.error, op.result = _map_sqlite_error(exc, self.path), None
             if op.error is not None:
                 conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
