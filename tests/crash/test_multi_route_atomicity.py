@@ -15,7 +15,7 @@ import pytest
 
 import mqstore
 
-from .harness import assert_intact, connect, stored_messages
+from .harness import assert_intact, connect, stored_messages, table_count
 
 QUEUES = ("q1", "q2", "q3")
 
@@ -29,34 +29,26 @@ def _fanout(path: Path) -> None:
             channel.queue_bind(name, "fan")
 
 
+def _change_schema(path: Path, statement: str) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(statement)
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def _inject_fault(path: Path, queue: str) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute(
-            "CREATE TRIGGER injected_fault BEFORE INSERT ON mq_entries "
-            "WHEN NEW.queue_id = (SELECT id FROM mq_queues WHERE name = ?) "
-            "BEGIN SELECT RAISE(ABORT, 'injected fault'); END".replace("?", f"'{queue}'")
-        )
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def _remove_fault(path: Path) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("DROP TRIGGER injected_fault")
-        conn.commit()
-    finally:
-        conn.close()
+    _change_schema(
+        path,
+        "CREATE TRIGGER injected_fault BEFORE INSERT ON mq_entries "
+        f"WHEN NEW.queue_id = (SELECT id FROM mq_queues WHERE name = '{queue}') "
+        "BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+    )
 
 
 def _shared_messages(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT count(*) FROM mq_messages").fetchone()[0]
-    finally:
-        conn.close()
+    return table_count(path, "SELECT count(*) FROM mq_messages")
 
 
 @pytest.mark.timeout(60)
@@ -80,7 +72,7 @@ def test_fault_on_the_second_queue_stores_the_message_nowhere(tmp_path: Path) ->
     assert_intact(path)
 
     # And without the fault the same publish reaches all three queues, once each
-    _remove_fault(path)
+    _change_schema(path, "DROP TRIGGER injected_fault")
     with connect(path) as conn:
         conn.channel().basic_publish("fan", "", b"routed")
     assert sorted(stored_messages(path)) == [("routed", name) for name in QUEUES]
