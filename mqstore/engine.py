@@ -432,36 +432,38 @@ class Engine:
             if self._leader or self._pending or self._checkpoint_due:
                 return 0
             self._leader = True
-        conn = self._conn
         try:
-            if sync and self._identity.check():
-                self._check_replaced()  # raises
-            if sync != self._sync_full:
-                conn.execute("PRAGMA synchronous=FULL" if sync else "PRAGMA synchronous=NORMAL")
-                self._sync_full = sync
-            tx = store.Txn(
-                conn, self.clock.now_ms(), self.clock.wall_ms(), self._route_cache, self.disk.low()
-            )
             try:
-                try:
-                    stored = store.publish_alone(tx, *args, **kwargs)
-                except sqlite3.OperationalError as exc:
-                    if not _busy(exc):
-                        raise
-                    stored = self._retry_busy(store.publish_alone, tx, *args, **kwargs)
+                self._prepare(sync)
+                stored = self._retry_busy(store.publish_alone, self._txn(), *args, **kwargs)
             except sqlite3.Error as exc:
                 raise _map_sqlite_error(exc, self.path) from None
             if stored:
-                if self._wakers or self._peers:
-                    self.notify()
-                self.checkpointer.follow_writes(conn, wrote=True, now=time.monotonic())
+                self.notify()
+                self.checkpointer.follow_writes(self._conn, wrote=True, now=time.monotonic())
             return stored
         finally:
             with self._lock:
-                if self._pending or self._idle_waiters:
-                    self._pass_lead()
-                else:
-                    self._leader = False
+                self._pass_lead()
+
+    def _prepare(self, sync: bool) -> None:
+        """Before a commit: refuse a durable one into a replaced file, and set the
+        connection's synchronous level."""
+        if sync:
+            self._check_replaced()
+        if sync != self._sync_full:
+            self._conn.execute("PRAGMA synchronous=FULL" if sync else "PRAGMA synchronous=NORMAL")
+            self._sync_full = sync
+
+    def _txn(self) -> store.Txn:
+        """A transaction's context, with the time read once."""
+        return store.Txn(
+            self._conn,
+            self.clock.now_ms(),
+            self.clock.wall_ms(),
+            self._route_cache,
+            self.disk.low(),
+        )
 
     def run_async(
         self, fn: Callable[..., Any], *args: Any, sync: bool = False, **kwargs: Any
@@ -644,18 +646,10 @@ class Engine:
     def _execute(self, batch: list[_Op]) -> None:
         """Run ``batch`` in one transaction: one commit (and fsync) for all of it."""
         conn = self._conn
-        tx = store.Txn(
-            conn, self.clock.now_ms(), self.clock.wall_ms(), self._route_cache, self.disk.low()
-        )
         sync_full = batch[0].sync if len(batch) == 1 else any(op.sync for op in batch)
+        tx = self._txn()
         try:
-            if sync_full:
-                self._check_replaced()
-            if sync_full != self._sync_full:
-                conn.execute(
-                    "PRAGMA synchronous=FULL" if sync_full else "PRAGMA synchronous=NORMAL"
-                )
-                self._sync_full = sync_full
+            self._prepare(sync_full)
             if len(batch) > 1:
                 tx = self._run_batch(tx, batch)
             elif not self._run_alone(tx, batch[0]):

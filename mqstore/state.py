@@ -355,8 +355,6 @@ class ChannelState:
             self.check_open()
             xname, key, data = self._checked(exchange, routing_key, body)
             routed = run(store.publish, xname, key, data, None, 0, None, sync=self._durable_sync)
-            if routed and not isinstance(routed, store.Refused):
-                return None
             return self._published(routed, xname, key, data, None, mandatory)
         prepared = self._prepare_publish(
             exchange, routing_key, body, properties, mandatory, None, delay
@@ -399,13 +397,11 @@ class ChannelState:
     ) -> ReturnedMessage | None:
         """What a committed publish means for its publisher: a nack (a full queue refused
         it), a return (mandatory and no queue took it), or nothing."""
-        if routed and not isinstance(routed, store.Refused):
-            return None
         if isinstance(routed, store.Refused):
             also = f"; stored in {routed.routed} other queue(s)" if routed.routed else ""
             refused = ReturnedMessage.rejected(xname, key, properties, data)
             raise _publish_refused(refused, routed.queues, also)
-        if not mandatory:
+        if routed or not mandatory:
             return None
         return ReturnedMessage.no_route(xname, key, properties, data)
 

@@ -558,12 +558,9 @@ def publish_alone(
     (Engine._run_alone)."""
     if exchange != "" or expiration is not None or delay:
         return 0
-    if tx.low_disk:
-        refuse_when_disk_low(tx)
+    refuse_when_disk_low(tx)
     values = (routing_key, priority, properties, body, tx.wall_ms, amqp_properties)
-    ids = tx.cache.get("queue ids") if tx.cache is not None else None
-    if ids is None:
-        ids = _queue_ids(tx)
+    ids = _queue_ids(tx)
     queue_id = ids.get(routing_key)
     if queue_id is not None:
         if properties is None and not priority and amqp_properties is None:
