@@ -62,22 +62,33 @@ def body(i: int) -> bytes:
 # --- reference: raw sqlite3 ------------------------------------------------------------------
 
 
+def raw_connection(workdir: str, synchronous: str) -> sqlite3.Connection:
+    """The reference's file: WAL mode, one table of bodies."""
+    conn = sqlite3.connect(os.path.join(workdir, "raw.db"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+    return conn
+
+
+def raw_commits(conn: sqlite3.Connection, n: int) -> float:
+    """Seconds for ``n`` messages, one INSERT and one COMMIT each."""
+    start = time.perf_counter()
+    for i in range(n):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO messages (body) VALUES (?)", (body(i),))
+        conn.execute("COMMIT")
+    return time.perf_counter() - start
+
+
 def raw_sqlite(synchronous: str) -> Callable[[str, int], float]:
     """One INSERT and one COMMIT per message, WAL mode: the best a per-message durable
     write can do through Python's sqlite3 on this file system."""
 
     def run(workdir: str, n: int) -> float:
-        conn = sqlite3.connect(os.path.join(workdir, "raw.db"), isolation_level=None)
+        conn = raw_connection(workdir, synchronous)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={synchronous}")
-            conn.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
-            start = time.perf_counter()
-            for i in range(n):
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("INSERT INTO messages (body) VALUES (?)", (body(i),))
-                conn.execute("COMMIT")
-            return time.perf_counter() - start
+            return raw_commits(conn, n)
         finally:
             conn.close()
 
@@ -382,22 +393,14 @@ def interleaved(bench_dir: Path, slice_n: int, slices: int) -> Interleaved:
     commits on two open files in one directory: both sides meet the same disk moments, which
     paired runs seconds apart do not. A first WAL cycle on each file is left out (warm-up)."""
     workdir = tempfile.mkdtemp(prefix="bench-", dir=bench_dir)
-    raw = sqlite3.connect(os.path.join(workdir, "raw.db"), isolation_level=None)
+    raw = raw_connection(workdir, "FULL")
     conn = mqstore.BlockingConnection(_params(workdir, "full"))
     try:
-        raw.execute("PRAGMA journal_mode=WAL")
-        raw.execute("PRAGMA synchronous=FULL")
-        raw.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
         channel = conn.channel()
         channel.queue_declare(QUEUE, durable=True)
 
         def raw_slice(n: int) -> float:
-            start = time.perf_counter()
-            for i in range(n):
-                raw.execute("BEGIN IMMEDIATE")
-                raw.execute("INSERT INTO messages (body) VALUES (?)", (body(i),))
-                raw.execute("COMMIT")
-            return time.perf_counter() - start
+            return raw_commits(raw, n)
 
         def mq_slice(n: int) -> float:
             start = time.perf_counter()
