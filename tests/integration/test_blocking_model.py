@@ -10,6 +10,8 @@ import pytest
 import mqstore
 from mqstore import ExchangeType
 
+from .helpers import drain
+
 LOCKED_TEXT = (
     "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'excl' in vhost '/'. "
     "It could be originally declared on another connection or the exclusive property value "
@@ -25,16 +27,6 @@ def conn(blocking_connect):
 @pytest.fixture
 def ch(conn):
     return conn.channel()
-
-
-def drain(channel, queue: str) -> list[bytes]:
-    """Every ready message of ``queue`` (auto-acked), in delivery order."""
-    bodies = []
-    while True:
-        method, _, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
 
 
 def declare_queues(channel, *names: str) -> None:

@@ -10,14 +10,7 @@ import pytest
 import mqstore
 from mqstore import BasicProperties
 
-
-def drain(channel: mqstore.BlockingChannel, queue: str) -> list[bytes]:
-    bodies = []
-    while True:
-        method, _props, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
+from .helpers import drain
 
 
 @pytest.fixture

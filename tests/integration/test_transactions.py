@@ -13,18 +13,11 @@ import pytest
 import mqstore
 from mqstore import BasicProperties, errors
 
+from .helpers import drain
+
 
 def count(ch: Any, queue: str) -> int:
     return ch.queue_declare(queue, passive=True).method.message_count
-
-
-def bodies(ch: Any, queue: str) -> list[bytes]:
-    out = []
-    while True:
-        method, _, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
 
 
 @pytest.fixture
@@ -43,7 +36,7 @@ def test_ack_and_publishes_commit_together(ch) -> None:
         for i in range(100):
             ch.basic_publish("", "out", b"%d" % i)
         assert count(ch, "out") == 0  # nothing stored before the block ends
-    assert bodies(ch, "out") == [b"%d" % i for i in range(100)]  # publish order kept
+    assert drain(ch, "out") == [b"%d" % i for i in range(100)]  # publish order kept
     assert count(ch, "in") == 0
     assert not ch._state.unacked
 
@@ -76,8 +69,8 @@ def test_nack_and_reject_inside_a_transaction(ch) -> None:
         ch.basic_reject(first.delivery_tag, requeue=False)  # dead-lettered at commit
         ch.basic_nack(second.delivery_tag, requeue=True)
         assert count(ch, "dlq") == 0
-    assert bodies(ch, "dlq") == [b"a"]
-    assert bodies(ch, "src") == [b"b"]
+    assert drain(ch, "dlq") == [b"a"]
+    assert drain(ch, "src") == [b"b"]
 
 
 def test_consumer_callback_transaction(blocking_connect) -> None:
@@ -98,7 +91,7 @@ def test_consumer_callback_transaction(blocking_connect) -> None:
     ch.basic_qos(prefetch_count=2)
     ch.basic_consume("in", on_message)
     ch.start_consuming()
-    assert bodies(ch, "out") == [b"%d!" % i for i in range(5)]
+    assert drain(ch, "out") == [b"%d!" % i for i in range(5)]
     assert count(ch, "in") == 0
 
 
@@ -127,7 +120,7 @@ def test_mandatory_unroutable_goes_to_return_callbacks_after_commit(ch) -> None:
         ch.basic_publish("", "nowhere", b"lost", mandatory=True)
         ch.basic_publish("", "out", b"kept", mandatory=True)
     assert [(m.reply_code, b) for m, b in returned] == [(312, b"lost")]
-    assert bodies(ch, "out") == [b"kept"]
+    assert drain(ch, "out") == [b"kept"]
 
 
 def test_refused_publish_rolls_back_the_whole_transaction(ch) -> None:
@@ -173,10 +166,10 @@ def test_mixed_batch_keeps_order_and_features(ch) -> None:
         ch.basic_publish("fan", "", b"f")
         ch.basic_publish("fan", "", b"g")
         ch.basic_publish("", "ttl", b"t")
-    assert bodies(ch, "out") == [b"1", b"2", b"3", b"4"]
-    assert bodies(ch, "f1") == [b"f", b"g"]
-    assert bodies(ch, "f2") == [b"f", b"g"]
-    assert bodies(ch, "ttl") == [b"t"]
+    assert drain(ch, "out") == [b"1", b"2", b"3", b"4"]
+    assert drain(ch, "f1") == [b"f", b"g"]
+    assert drain(ch, "f2") == [b"f", b"g"]
+    assert drain(ch, "ttl") == [b"t"]
 
 
 def test_transaction_of_100_publishes_is_one_commit(ch, db_path: str) -> None:
